@@ -1,0 +1,37 @@
+"""ecf8-jax: lossless entropy-coded FP8 weights for JAX.
+
+The short tour::
+
+    import ecf8_jax
+    t = ecf8_jax.encode(w_fp8)            # host-side numpy encoder -> Ecf8Tensor (a pytree)
+    ecf8_jax.validate(t)                  # sizes and tables, before any decode
+    ecf8_jax.verify_checksums(t)          # CRC-32 per chunk, on request
+    w = jax.jit(ecf8_jax.decode)(t)       # bit-identical FP8 array
+    print(ecf8_jax.stats(w_fp8))          # entropies, bits/weight, byte breakdown
+"""
+
+from ecf8_jax.codec import decode, stack
+from ecf8_jax.format import (
+    FORMAT_VERSION,
+    Ecf8Tensor,
+    FormatError,
+    encode,
+    validate,
+    verify_checksums,
+)
+from ecf8_jax.stats import Stats, stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Ecf8Tensor",
+    "FormatError",
+    "Stats",
+    "decode",
+    "encode",
+    "stack",
+    "stats",
+    "validate",
+    "verify_checksums",
+]

@@ -1,0 +1,78 @@
+"""Decoding ``Ecf8Tensor``s to FP8 arrays, and the stacking that ``vmap``/``scan`` need."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ecf8_jax.format.codebook import canonical_tables
+from ecf8_jax.format.constants import DTYPES
+from ecf8_jax.format.tensor import Ecf8Tensor, FormatError
+from pallas_kernels.ecf8_decode import api as decode_api
+
+
+def decode(t: Ecf8Tensor, *, implementation: str | None = None) -> jax.Array:
+    """Decodes ``t`` to an array of its dtype and shape, bit-identical to what was encoded.
+
+    Plain jnp (or a Pallas kernel, through ``pallas_kernels.ecf8_decode``), so it composes
+    with ``jax.jit``, ``jax.vmap`` over stacked tensors and ``lax.scan`` over layers. It does
+    not validate: call :func:`ecf8_jax.validate` on untrusted input first (a malformed tensor
+    decodes to garbage, but never reads out of bounds).
+
+    Args:
+      t: the encoded tensor.
+      implementation: decode backend; ``None`` picks the best available.
+
+    Returns:
+      jax.Array of ``t.dtype`` and ``t.shape``.
+    """
+    limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
+    raw = decode_api.decode(
+        t.stream,
+        t.chunk_offsets,
+        t.signs,
+        limits,
+        deltas,
+        symbols,
+        implementation=implementation,
+    )
+    raw = raw[: t.size]
+    return lax.bitcast_convert_type(raw, DTYPES[t.dtype]).reshape(t.shape)
+
+
+def stack(tensors: list[Ecf8Tensor]) -> Ecf8Tensor:
+    """Stacks tensors of one shape, dtype and chunking along a new leading axis.
+
+    Streams are zero-padded to the longest (bytes past a chunk's last unit are never used), so
+    the result can be mapped with ``jax.vmap(decode)`` or scanned with ``lax.scan``.
+
+    Raises:
+      FormatError: if the tensors differ in static metadata.
+    """
+    if not tensors:
+        raise FormatError("stack needs at least one tensor")
+    meta = tensors[0].metadata()
+    for i, t in enumerate(tensors):
+        if t.metadata() != meta:
+            raise FormatError(f"stack: tensor {i} has metadata {t.metadata()}, tensor 0 {meta}")
+    width = max(int(t.stream.shape[0]) for t in tensors)
+    stream = np.stack(
+        [np.pad(np.asarray(t.stream), (0, width - t.stream.shape[0])) for t in tensors]
+    )
+
+    def leaf(name):
+        return np.stack([np.asarray(getattr(t, name)) for t in tensors])
+
+    return Ecf8Tensor(
+        stream=stream,
+        chunk_offsets=leaf("chunk_offsets"),
+        signs=leaf("signs"),
+        code_lengths=leaf("code_lengths"),
+        checksums=leaf("checksums"),
+        shape=tensors[0].shape,
+        dtype=tensors[0].dtype,
+        chunk_steps=tensors[0].chunk_steps,
+        version=tensors[0].version,
+    )

@@ -1,0 +1,250 @@
+"""The ``Ecf8Tensor`` pytree: the arrays of one encoded tensor and their static metadata.
+
+Invariants (checked by :func:`validate`; see docs/FORMAT.md for the bit-level layout). With
+``n = prod(shape)``, ``L = LANES``, ``S = chunk_steps`` and ``C = ceil(n / (L * S))``:
+
+* ``stream``: uint32[W], the 16-bit code units of all chunks, two per word (high half first).
+* ``chunk_offsets``: uint32[C + 1], unit index where each chunk starts; ``chunk_offsets[0] == 0``,
+  non-decreasing, ``chunk_offsets[C] <= 2 * W`` and at most ``S * L`` units per chunk.
+* ``signs``: uint32[C, S // 32, L], bit ``j`` of word ``(c, w, l)`` is the sign of element
+  ``c * S * L + (32 * w + j) * L + l``.
+* ``code_lengths``: uint8[128], Huffman code length of each 7-bit magnitude (0 = absent), all
+  ``<= MAX_CODE_LEN``, Kraft sum ``<= 1``, at least one present when ``n > 0``.
+* ``checksums``: uint32[C + 1], CRC-32 of each chunk's units and sign words, then of the
+  header (metadata, code lengths, offsets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import zlib
+
+import jax
+import numpy as np
+
+from ecf8_jax.format.codebook import kraft_sum
+from ecf8_jax.format.constants import (
+    DTYPES,
+    LANES,
+    MAX_CODE_LEN,
+    NUM_SYMBOLS,
+    SIGN_WORD_BITS,
+    SUPPORTED_VERSIONS,
+)
+
+
+class FormatError(ValueError):
+    """An ECF8 tensor or checkpoint is malformed, corrupted or of an unsupported version."""
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["stream", "chunk_offsets", "signs", "code_lengths", "checksums"],
+    meta_fields=["shape", "dtype", "chunk_steps", "version"],
+)
+@dataclasses.dataclass(frozen=True)
+class Ecf8Tensor:
+    """One FP8 tensor, losslessly entropy-coded (format version ``version``).
+
+    Leaves are the arrays (numpy on the host, jax arrays on device, tracers under ``jit``);
+    ``shape``, ``dtype`` (a name from ``DTYPES``), ``chunk_steps`` and ``version`` are static.
+    Stacking tensors of one shape adds a leading axis to every leaf, which ``jax.vmap`` and
+    ``lax.scan`` map over.
+    """
+
+    stream: jax.Array  # uint32[W]
+    chunk_offsets: jax.Array  # uint32[C + 1]
+    signs: jax.Array  # uint32[C, S // 32, LANES]
+    code_lengths: jax.Array  # uint8[NUM_SYMBOLS]
+    checksums: jax.Array  # uint32[C + 1]
+    shape: tuple[int, ...]
+    dtype: str
+    chunk_steps: int
+    version: int
+
+    @property
+    def size(self) -> int:
+        """Number of weights."""
+        return math.prod(self.shape)
+
+    @property
+    def num_chunks(self) -> int:
+        """Independently decodable chunks."""
+        return num_chunks(self.size, self.chunk_steps)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all arrays (the stored size, excluding the few bytes of static metadata)."""
+        return sum(
+            math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+            for leaf in jax.tree_util.tree_leaves(self)
+        )
+
+    @property
+    def bits_per_weight(self) -> float:
+        """``8 * nbytes / size``; raw FP8 is 8."""
+        return 8.0 * self.nbytes / max(self.size, 1)
+
+    def metadata(self) -> dict:
+        """The static metadata as a JSON-serialisable dict."""
+        return {
+            "version": self.version,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "chunk_steps": self.chunk_steps,
+        }
+
+
+def num_chunks(size: int, chunk_steps: int) -> int:
+    """Chunks of ``LANES * chunk_steps`` weights needed for ``size`` weights."""
+    return -(-size // (LANES * chunk_steps))
+
+
+def header_bytes(metadata: dict, code_lengths: np.ndarray, chunk_offsets: np.ndarray) -> bytes:
+    """The bytes the header checksum covers."""
+    meta = "ecf8 v{version} {dtype} {shape} S={chunk_steps}".format(
+        version=metadata["version"],
+        dtype=metadata["dtype"],
+        shape="x".join(map(str, metadata["shape"])),
+        chunk_steps=metadata["chunk_steps"],
+    )
+    return (
+        meta.encode()
+        + np.asarray(code_lengths, dtype=np.uint8).tobytes()
+        + np.asarray(chunk_offsets, dtype="<u4").tobytes()
+    )
+
+
+def compute_checksums(
+    metadata: dict,
+    stream: np.ndarray,
+    chunk_offsets: np.ndarray,
+    signs: np.ndarray,
+    code_lengths: np.ndarray,
+) -> np.ndarray:
+    """CRC-32 of each chunk (its units, big-endian, and its sign words), then of the header.
+
+    Returns:
+      uint32[C + 1].
+    """
+    units = np.asarray(stream, dtype=np.uint32).astype(">u4").view(">u2")
+    offsets = np.asarray(chunk_offsets, dtype=np.int64)
+    signs = np.asarray(signs, dtype="<u4")
+    out = np.empty(offsets.shape[0], dtype=np.uint32)
+    for c in range(offsets.shape[0] - 1):
+        crc = zlib.crc32(units[offsets[c] : offsets[c + 1]].tobytes())
+        out[c] = zlib.crc32(signs[c].tobytes(), crc)
+    out[-1] = zlib.crc32(header_bytes(metadata, code_lengths, chunk_offsets))
+    return out
+
+
+def _host(name: str, leaf) -> np.ndarray:
+    try:
+        return np.asarray(leaf)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        raise FormatError(
+            f"validate needs concrete arrays; {name} is traced (call it outside jit)"
+        ) from None
+
+
+def _expect(name: str, arr: np.ndarray, dtype, shape: tuple[int, ...] | None) -> None:
+    if arr.dtype != np.dtype(dtype):
+        raise FormatError(f"{name}: dtype {arr.dtype}, expected {np.dtype(dtype)}")
+    if shape is not None and arr.shape != shape:
+        raise FormatError(f"{name}: shape {arr.shape}, expected {shape}")
+
+
+def validate(t: Ecf8Tensor) -> Ecf8Tensor:
+    """Checks every size and table of ``t`` before any decode.
+
+    Args:
+      t: an unbatched ``Ecf8Tensor`` with concrete (host or device) arrays.
+
+    Returns:
+      ``t`` unchanged, so calls can be chained.
+
+    Raises:
+      FormatError: naming the offending field and its sizes.
+    """
+    if not isinstance(t, Ecf8Tensor):
+        raise FormatError(f"expected an Ecf8Tensor, got {type(t).__name__}")
+    if t.version not in SUPPORTED_VERSIONS:
+        raise FormatError(
+            f"unsupported ECF8 format version {t.version!r} (this build reads {SUPPORTED_VERSIONS})"
+        )
+    if t.dtype not in DTYPES:
+        raise FormatError(f"unknown dtype {t.dtype!r}; expected one of {sorted(DTYPES)}")
+    if not all(isinstance(d, int) and d >= 0 for d in t.shape):
+        raise FormatError(f"shape {t.shape!r} must be non-negative integers")
+    s = t.chunk_steps
+    if not isinstance(s, int) or s <= 0 or s % SIGN_WORD_BITS:
+        raise FormatError(f"chunk_steps {s!r} must be a positive multiple of {SIGN_WORD_BITS}")
+    n, c = t.size, t.num_chunks
+    stream = _host("stream", t.stream)
+    offsets = _host("chunk_offsets", t.chunk_offsets)
+    signs = _host("signs", t.signs)
+    lengths = _host("code_lengths", t.code_lengths)
+    checksums = _host("checksums", t.checksums)
+    _expect("stream", stream, np.uint32, None)
+    if stream.ndim != 1:
+        raise FormatError(f"stream: shape {stream.shape}, expected one axis")
+    _expect("chunk_offsets", offsets, np.uint32, (c + 1,))
+    _expect("signs", signs, np.uint32, (c, s // SIGN_WORD_BITS, LANES))
+    _expect("code_lengths", lengths, np.uint8, (NUM_SYMBOLS,))
+    _expect("checksums", checksums, np.uint32, (c + 1,))
+    if lengths.max(initial=0) > MAX_CODE_LEN:
+        raise FormatError(f"code_lengths: longest code {lengths.max()} > {MAX_CODE_LEN}")
+    if kraft_sum(lengths) > 1 << MAX_CODE_LEN:
+        raise FormatError("code_lengths: over-subscribed (Kraft sum > 1), not a prefix code")
+    if n > 0 and not lengths.any():
+        raise FormatError(f"code_lengths: no symbol present for {n} weights")
+    off = offsets.astype(np.int64)
+    if off[0] != 0:
+        raise FormatError(f"chunk_offsets[0] = {off[0]}, expected 0")
+    sizes = np.diff(off)
+    if (sizes < 0).any():
+        bad = int(np.argmax(sizes < 0))
+        raise FormatError(f"chunk_offsets decrease at chunk {bad}: {off[bad]} > {off[bad + 1]}")
+    if (sizes > s * LANES).any():
+        bad = int(np.argmax(sizes > s * LANES))
+        raise FormatError(f"chunk {bad} holds {sizes[bad]} units, more than {s * LANES}")
+    if off[-1] > 2 * stream.shape[0]:
+        raise FormatError(
+            f"stream: {stream.shape[0]} words hold {2 * stream.shape[0]} units, "
+            f"but chunk_offsets end at unit {off[-1]} (truncated?)"
+        )
+    return t
+
+
+def verify_checksums(t: Ecf8Tensor) -> Ecf8Tensor:
+    """Validates ``t`` and recomputes its CRC-32s, catching flipped payload or table bits.
+
+    Returns:
+      ``t`` unchanged.
+
+    Raises:
+      FormatError: naming the first chunk (or the header) whose checksum differs.
+    """
+    validate(t)
+    stored = np.asarray(t.checksums)
+    actual = compute_checksums(
+        t.metadata(),
+        np.asarray(t.stream),
+        np.asarray(t.chunk_offsets),
+        np.asarray(t.signs),
+        np.asarray(t.code_lengths),
+    )
+    if stored[-1] != actual[-1]:
+        raise FormatError(
+            f"header checksum mismatch: stored {stored[-1]:#010x}, computed {actual[-1]:#010x}"
+        )
+    bad = np.flatnonzero(stored[:-1] != actual[:-1])
+    if bad.size:
+        c = int(bad[0])
+        raise FormatError(
+            f"chunk {c} checksum mismatch: stored {stored[c]:#010x}, computed {actual[c]:#010x}"
+            f" ({bad.size} of {t.num_chunks} chunks differ)"
+        )
+    return t
