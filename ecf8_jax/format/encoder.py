@@ -22,6 +22,7 @@ from ecf8_jax.format.constants import (
     NUM_SYMBOLS,
     SIGN_SHIFT,
     SIGN_WORD_BITS,
+    MAX_CODE_LEN,
     UNIT_BITS,
 )
 from ecf8_jax.format.tensor import Ecf8Tensor, compute_checksums, num_chunks
@@ -64,6 +65,65 @@ def _as_fp8_numpy(x) -> np.ndarray:
     return arr
 
 
+BLOCK_WEIGHTS = 1 << 18
+"""Weights the encoder processes at a time (rounded to whole chunks)."""
+
+
+_BIT_INDEX = np.arange(SIGN_WORD_BITS, dtype=np.uint32)[None, None, :, None]
+
+
+def _encode_block(raw: np.ndarray, chunks: int, steps: int, table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encodes whole chunks; ``raw`` may be shorter than ``chunks * steps * LANES`` (the tail).
+
+    Returns:
+      ``(units, signs, chunk_units)``: uint32[U] stream units in decoder order,
+      uint32[chunks, steps // 32, LANES] sign words, int64[chunks] units per chunk.
+    """
+    n = raw.size
+    total = chunks * steps * LANES
+    padded = np.zeros(total, dtype=np.uint8)
+    padded[:n] = raw
+    entry = table[padded]  # code << 5 | length, one lookup for both
+    if n < total:  # padding is not coded
+        entry[n:] = 0
+    lens = (entry & 31).astype(np.uint8).reshape(chunks, steps, LANES)  # [chunk, step, lane]
+    acc = np.uint16 if steps * MAX_CODE_LEN < 1 << 16 else np.int32
+    consumed = np.cumsum(lens, axis=1, dtype=acc)
+    consumed -= lens  # bits each lane consumed before each step
+    taken = consumed + (UNIT_BITS - 1)
+    taken >>= 4
+    taken += 1  # units each lane has taken through each step
+    refill = np.empty(taken.shape, dtype=bool)
+    refill[:, 0] = True
+    np.not_equal(taken[:, 1:], taken[:, :-1], out=refill[:, 1:])
+    if n < total:  # refills for padding slots are never needed: they come last in order
+        refill.reshape(-1)[n:] = False
+    lane_units = refill.sum(axis=1, dtype=np.int32)  # [chunk, lane]
+    lane_start = np.cumsum(lane_units, dtype=np.int32) - lane_units.reshape(-1)
+    lane_start = lane_start.reshape(chunks, 1, LANES)
+
+    # Each lane's code bits go to its own run of units in a scratch buffer. A code starting at
+    # bit o of unit u sits in the 32-bit window of units (u, u + 1); codes starting in one
+    # unit occupy disjoint bits, so summing their windows per unit is an exact OR.
+    bitpos = (consumed + lane_start * UNIT_BITS).reshape(-1)
+    shift = 2 * UNIT_BITS - (bitpos & (UNIT_BITS - 1))
+    shift -= lens.reshape(-1)
+    window = (entry >> 5) << shift.astype(np.uint32)
+    size = int(lane_units.sum()) + 2
+    sums = np.bincount(bitpos >> 4, weights=window, minlength=size).astype(np.uint32)
+    scratch = sums >> UNIT_BITS
+    scratch[1:] |= sums[:-1] & 0xFFFF
+
+    # Hand the units out in decoder order: chunk, step, lane.
+    unit_index = (taken + (lane_start - 1)).reshape(-1)
+    units = scratch[unit_index[np.flatnonzero(refill)]]
+    chunk_units = lane_units.sum(axis=1, dtype=np.int64)
+
+    sign = (padded >> SIGN_SHIFT).reshape(chunks, steps // SIGN_WORD_BITS, SIGN_WORD_BITS, LANES)
+    signs = (sign.astype(np.uint32) << _BIT_INDEX).sum(axis=2, dtype=np.uint32)
+    return units, signs, chunk_units
+
+
 def encode(x, *, chunk_steps: int | None = None) -> Ecf8Tensor:
     """Encodes an FP8 array losslessly.
 
@@ -82,59 +142,38 @@ def encode(x, *, chunk_steps: int | None = None) -> Ecf8Tensor:
     n = arr.size
     steps = choose_chunk_steps(n, chunk_steps)
     chunks = num_chunks(n, steps)
-    total = chunks * steps * LANES
+    per_chunk = steps * LANES
     raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
 
-    magnitude = np.zeros(total, dtype=np.uint8)
-    magnitude[:n] = raw & MAGNITUDE_MASK
-    lengths = code_lengths(np.bincount(magnitude[:n], minlength=NUM_SYMBOLS))
-    codes = canonical_codes(lengths)
+    counts = np.zeros(NUM_SYMBOLS, dtype=np.int64)
+    for start in range(0, n, BLOCK_WEIGHTS):
+        counts += np.bincount(raw[start : start + BLOCK_WEIGHTS] & MAGNITUDE_MASK, minlength=128)
+    lengths = code_lengths(counts)
+    magnitudes = np.arange(256) & MAGNITUDE_MASK
+    table = (canonical_codes(lengths)[magnitudes] << 5) | lengths[magnitudes]  # uint32[256]
 
-    lens = lengths[magnitude].astype(np.int32)  # [total]
-    lens[n:] = 0  # padding is not coded
-    lens = lens.reshape(chunks, steps, LANES)
-    consumed = np.cumsum(lens, axis=1, dtype=np.int32)
-    consumed -= lens  # bits consumed before each step
-    taken = (consumed + (UNIT_BITS - 1)) // UNIT_BITS + 1  # units taken through each step
-    refill = np.empty_like(taken)
-    refill[:, 0, :] = taken[:, 0, :]
-    np.subtract(taken[:, 1:, :], taken[:, :-1, :], out=refill[:, 1:, :])
-    valid = (np.arange(total) < n).reshape(chunks, steps, LANES)
-    refill &= valid  # refills for padding slots are never needed: they come last in order
-
-    # Each lane's bits go to a private run of units in a scratch buffer, in refill order.
-    lane_units = refill.sum(axis=1)  # [chunks, LANES]
-    lane_start = (np.cumsum(lane_units.reshape(-1)) - lane_units.reshape(-1)).reshape(
-        chunks, 1, LANES
-    )
-    scratch_units = int(lane_units.sum()) + 1
-    bitpos = (lane_start.astype(np.int64) * UNIT_BITS + consumed).reshape(-1)[:n]
-    code = codes[magnitude[:n]].astype(np.int64)
-    code_len = lens.reshape(-1)[:n].astype(np.int64)
-    unit = bitpos >> 4
-    window = code << (2 * UNIT_BITS - (bitpos & (UNIT_BITS - 1)) - code_len)  # 32-bit window
-    scratch = np.bincount(unit, weights=window >> UNIT_BITS, minlength=scratch_units + 1)
-    scratch += np.bincount(unit + 1, weights=window & 0xFFFF, minlength=scratch_units + 1)
-    scratch = scratch.astype(np.uint32)  # disjoint bit ranges: the sums are exact ORs
-
-    order = np.flatnonzero(refill.reshape(-1))  # (chunk, step, lane) order = decoder order
-    c_idx = order // (steps * LANES)
-    l_idx = order % LANES
-    units = scratch[lane_start.reshape(-1)[c_idx * LANES + l_idx] + taken.reshape(-1)[order] - 1]
-    units = units.astype(np.uint32)
+    # Blocks of whole chunks keep the temporaries small (cache-sized, no page faults).
+    block_chunks = max(1, BLOCK_WEIGHTS // per_chunk)
+    units, signs, chunk_units = [], [], []
+    for first in range(0, chunks, block_chunks):
+        count = min(block_chunks, chunks - first)
+        block = raw[first * per_chunk : (first + count) * per_chunk]
+        u, s, c = _encode_block(block, count, steps, table)
+        units.append(u)
+        signs.append(s)
+        chunk_units.append(c)
+    units = np.concatenate(units) if units else np.zeros(0, np.uint32)
     if units.size % 2:
         units = np.append(units, np.uint32(0))
     stream = (units[0::2] << 16) | units[1::2]
-
-    chunk_units = refill.reshape(chunks, steps * LANES).sum(axis=1)
     chunk_offsets = np.zeros(chunks + 1, dtype=np.uint32)
-    np.cumsum(chunk_units, out=chunk_offsets[1:])
-
-    sign = np.zeros(total, dtype=np.uint8)
-    sign[:n] = raw >> SIGN_SHIFT
-    sign = sign.reshape(chunks, steps // SIGN_WORD_BITS, SIGN_WORD_BITS, LANES)
-    signs = np.packbits(sign.transpose(0, 1, 3, 2), axis=-1, bitorder="little")
-    signs = np.ascontiguousarray(signs).view("<u4")[..., 0].astype(np.uint32)
+    if chunks:
+        np.cumsum(np.concatenate(chunk_units), out=chunk_offsets[1:])
+    signs = (
+        np.concatenate(signs)
+        if signs
+        else np.zeros((0, steps // SIGN_WORD_BITS, LANES), np.uint32)
+    )
 
     meta = {"version": FORMAT_VERSION, "shape": list(shape), "dtype": name, "chunk_steps": steps}
     checksums = compute_checksums(meta, stream, chunk_offsets, signs, lengths)
