@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +42,23 @@ def decode(t: Ecf8Tensor, *, implementation: str | None = None) -> jax.Array:
     )
     raw = raw[: t.size]
     return lax.bitcast_convert_type(raw, DTYPES[t.dtype]).reshape(t.shape)
+
+
+def pad_stream(t: Ecf8Tensor, words: int | None = None) -> Ecf8Tensor:
+    """Zero-pads the stream to ``words`` (default: the next power of two, at least 1024).
+
+    Units past ``chunk_offsets[-1]`` are never used, so the result decodes identically. A
+    jitted decode is compiled once per array shape and stream lengths differ from tensor to
+    tensor: padding to a few bucket sizes trades a little memory for far fewer compilations.
+    """
+    width = int(t.stream.shape[-1])
+    if words is None:
+        words = max(1024, 1 << (width - 1).bit_length())
+    if words < width:
+        raise FormatError(f"pad_stream: {words} words < the stream's {width}")
+    stream = np.asarray(t.stream)
+    pad = [(0, 0)] * (stream.ndim - 1) + [(0, words - width)]
+    return dataclasses.replace(t, stream=np.pad(stream, pad))
 
 
 def stack(tensors: list[Ecf8Tensor]) -> Ecf8Tensor:
