@@ -72,8 +72,16 @@ BLOCK_WEIGHTS = 1 << 18
 _BIT_INDEX = np.arange(SIGN_WORD_BITS, dtype=np.uint32)[None, None, :, None]
 
 
-def _encode_block(raw: np.ndarray, chunks: int, steps: int, table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _encode_block(
+    raw: np.ndarray, chunks: int, steps: int, len_table: np.ndarray, code_table: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encodes whole chunks; ``raw`` may be shorter than ``chunks * steps * LANES`` (the tail).
+
+    Args:
+      raw: uint8[<= chunks * steps * LANES] FP8 bytes.
+      chunks, steps: the block's chunk count and steps per chunk.
+      len_table: uint8[256] code length of each byte's magnitude.
+      code_table: uint32[256] canonical code of each byte's magnitude.
 
     Returns:
       ``(units, signs, chunk_units)``: uint32[U] stream units in decoder order,
@@ -81,18 +89,22 @@ def _encode_block(raw: np.ndarray, chunks: int, steps: int, table: np.ndarray) -
     """
     n = raw.size
     total = chunks * steps * LANES
-    padded = np.zeros(total, dtype=np.uint8)
-    padded[:n] = raw
-    entry = table[padded]  # code << 5 | length, one lookup for both
+    if n < total:
+        padded = np.zeros(total, dtype=np.uint8)
+        padded[:n] = raw
+    else:
+        padded = raw
+    lens = len_table[padded]
     if n < total:  # padding is not coded
-        entry[n:] = 0
-    lens = (entry & 31).astype(np.uint8).reshape(chunks, steps, LANES)  # [chunk, step, lane]
+        lens[n:] = 0
+    lens = lens.reshape(chunks, steps, LANES)  # [chunk, step, lane]
     acc = np.uint16 if steps * MAX_CODE_LEN < 1 << 16 else np.int32
     consumed = np.cumsum(lens, axis=1, dtype=acc)
     consumed -= lens  # bits each lane consumed before each step
+    # A lane refills before step t when it holds < 16 bits: it has then taken
+    # ceil(consumed / 16) + 1 units, and refilled at t if that grew since step t - 1.
     taken = consumed + (UNIT_BITS - 1)
     taken >>= 4
-    taken += 1  # units each lane has taken through each step
     refill = np.empty(taken.shape, dtype=bool)
     refill[:, 0] = True
     np.not_equal(taken[:, 1:], taken[:, :-1], out=refill[:, 1:])
@@ -105,23 +117,39 @@ def _encode_block(raw: np.ndarray, chunks: int, steps: int, table: np.ndarray) -
     # Each lane's code bits go to its own run of units in a scratch buffer. A code starting at
     # bit o of unit u sits in the 32-bit window of units (u, u + 1); codes starting in one
     # unit occupy disjoint bits, so summing their windows per unit is an exact OR.
-    bitpos = (consumed + lane_start * UNIT_BITS).reshape(-1)
-    shift = 2 * UNIT_BITS - (bitpos & (UNIT_BITS - 1))
-    shift -= lens.reshape(-1)
-    window = (entry >> 5) << shift.astype(np.uint32)
+    shift = (2 * UNIT_BITS - lens) - (consumed.astype(np.uint8) & (UNIT_BITS - 1))
+    window = code_table[padded].reshape(lens.shape) << shift
+    if n < total:
+        window.reshape(-1)[n:] = 0
+    unit = (consumed >> 4) + lane_start
     size = int(lane_units.sum()) + 2
-    sums = np.bincount(bitpos >> 4, weights=window, minlength=size).astype(np.uint32)
+    sums = np.bincount(unit.reshape(-1), weights=window.reshape(-1), minlength=size)
+    sums = sums.astype(np.uint32)
     scratch = sums >> UNIT_BITS
     scratch[1:] |= sums[:-1] & 0xFFFF
 
     # Hand the units out in decoder order: chunk, step, lane.
-    unit_index = (taken + (lane_start - 1)).reshape(-1)
+    unit_index = (taken + lane_start).reshape(-1)
     units = scratch[unit_index[np.flatnonzero(refill)]]
     chunk_units = lane_units.sum(axis=1, dtype=np.int64)
 
     sign = (padded >> SIGN_SHIFT).reshape(chunks, steps // SIGN_WORD_BITS, SIGN_WORD_BITS, LANES)
     signs = (sign.astype(np.uint32) << _BIT_INDEX).sum(axis=2, dtype=np.uint32)
     return units, signs, chunk_units
+
+
+def _magnitude_histogram(raw: np.ndarray) -> np.ndarray:
+    """int64[128] counts of each magnitude, two bytes per bincount element."""
+    counts = np.zeros((256, 256), dtype=np.int64)
+    even = raw.size - raw.size % 2
+    pairs = raw[:even].view(np.uint16)
+    for start in range(0, pairs.size, BLOCK_WEIGHTS):
+        counts += np.bincount(pairs[start : start + BLOCK_WEIGHTS], minlength=1 << 16).reshape(
+            256, 256
+        )
+    per_byte = counts.sum(axis=0) + counts.sum(axis=1)
+    per_byte += np.bincount(raw[even:], minlength=256)
+    return per_byte.reshape(2, NUM_SYMBOLS).sum(axis=0)
 
 
 def encode(x, *, chunk_steps: int | None = None) -> Ecf8Tensor:
@@ -145,12 +173,11 @@ def encode(x, *, chunk_steps: int | None = None) -> Ecf8Tensor:
     per_chunk = steps * LANES
     raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
 
-    counts = np.zeros(NUM_SYMBOLS, dtype=np.int64)
-    for start in range(0, n, BLOCK_WEIGHTS):
-        counts += np.bincount(raw[start : start + BLOCK_WEIGHTS] & MAGNITUDE_MASK, minlength=128)
+    counts = _magnitude_histogram(raw)
     lengths = code_lengths(counts)
     magnitudes = np.arange(256) & MAGNITUDE_MASK
-    table = (canonical_codes(lengths)[magnitudes] << 5) | lengths[magnitudes]  # uint32[256]
+    len_table = lengths[magnitudes].astype(np.uint8)
+    code_table = canonical_codes(lengths)[magnitudes].astype(np.uint32)
 
     # Blocks of whole chunks keep the temporaries small (cache-sized, no page faults).
     block_chunks = max(1, BLOCK_WEIGHTS // per_chunk)
@@ -158,7 +185,7 @@ def encode(x, *, chunk_steps: int | None = None) -> Ecf8Tensor:
     for first in range(0, chunks, block_chunks):
         count = min(block_chunks, chunks - first)
         block = raw[first * per_chunk : (first + count) * per_chunk]
-        u, s, c = _encode_block(block, count, steps, table)
+        u, s, c = _encode_block(block, count, steps, len_table, code_table)
         units.append(u)
         signs.append(s)
         chunk_units.append(c)
