@@ -23,7 +23,7 @@ def minilm_dir() -> Path:
     return Path(str(importlib.resources.files(MINILM_PACKAGE))) / "model"
 
 
-def minilm_linear_weights() -> dict[str, "np.ndarray"]:  # noqa: F821
+def minilm_linear_weights() -> dict[str, np.ndarray]:  # noqa: F821
     """The 2-D linear weights of all-MiniLM-L6-v2 (float32, ``[out, in]``), by name."""
     from safetensors.numpy import load_file
 

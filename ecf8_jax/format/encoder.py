@@ -19,10 +19,10 @@ from ecf8_jax.format.constants import (
     FORMAT_VERSION,
     LANES,
     MAGNITUDE_MASK,
+    MAX_CODE_LEN,
     NUM_SYMBOLS,
     SIGN_SHIFT,
     SIGN_WORD_BITS,
-    MAX_CODE_LEN,
     UNIT_BITS,
 )
 from ecf8_jax.format.tensor import Ecf8Tensor, compute_checksums, num_chunks
@@ -197,9 +197,7 @@ def encode(x, *, chunk_steps: int | None = None) -> Ecf8Tensor:
     if chunks:
         np.cumsum(np.concatenate(chunk_units), out=chunk_offsets[1:])
     signs = (
-        np.concatenate(signs)
-        if signs
-        else np.zeros((0, steps // SIGN_WORD_BITS, LANES), np.uint32)
+        np.concatenate(signs) if signs else np.zeros((0, steps // SIGN_WORD_BITS, LANES), np.uint32)
     )
 
     meta = {"version": FORMAT_VERSION, "shape": list(shape), "dtype": name, "chunk_steps": steps}

@@ -30,7 +30,6 @@ def decode(
     """
     if implementation not in (None, *IMPLEMENTATIONS):
         raise ValueError(
-            f"unknown ECF8 decode implementation {implementation!r}; "
-            f"available: {IMPLEMENTATIONS}"
+            f"unknown ECF8 decode implementation {implementation!r}; available: {IMPLEMENTATIONS}"
         )
     return ecf8_decode_reference(stream, chunk_offsets, signs, limits, deltas, symbols)

