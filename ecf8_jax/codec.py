@@ -10,7 +10,7 @@ import numpy as np
 from jax import lax
 
 from ecf8_jax.format.codebook import canonical_tables
-from ecf8_jax.format.constants import DTYPES
+from ecf8_jax.format.constants import DTYPES, SUPPORTED_VERSIONS
 from ecf8_jax.format.tensor import Ecf8Tensor, FormatError
 from pallas_kernels.ecf8_decode import api as decode_api
 
@@ -29,7 +29,16 @@ def decode(t: Ecf8Tensor, *, implementation: str | None = None) -> jax.Array:
 
     Returns:
       jax.Array of ``t.dtype`` and ``t.shape``.
+
+    Raises:
+      FormatError: the version or dtype (static metadata) is unknown.
     """
+    if t.version not in SUPPORTED_VERSIONS:
+        raise FormatError(
+            f"unsupported ECF8 format version {t.version!r} (this build reads {SUPPORTED_VERSIONS})"
+        )
+    if t.dtype not in DTYPES:
+        raise FormatError(f"unknown dtype {t.dtype!r}; expected one of {sorted(DTYPES)}")
     limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
     raw = decode_api.decode(
         t.stream,

@@ -9,6 +9,8 @@ stream in the order the decoder takes them: chunk, then step, then lane.
 
 from __future__ import annotations
 
+import operator
+
 import jax
 import numpy as np
 
@@ -47,7 +49,12 @@ def choose_chunk_steps(size: int, chunk_steps: int | None = None) -> int:
     Returns:
       A positive multiple of 32.
     """
-    limit = DEFAULT_CHUNK_STEPS if chunk_steps is None else int(chunk_steps)
+    if chunk_steps is None:
+        limit = DEFAULT_CHUNK_STEPS
+    elif isinstance(chunk_steps, bool | float | str):
+        raise ValueError(f"chunk_steps must be an integer, not {chunk_steps!r}")
+    else:
+        limit = operator.index(chunk_steps)
     if limit <= 0 or limit % SIGN_WORD_BITS:
         raise ValueError(f"chunk_steps must be a positive multiple of {SIGN_WORD_BITS}: {limit}")
     if size == 0:

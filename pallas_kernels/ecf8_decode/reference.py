@@ -13,50 +13,89 @@ Backend: any (XLA). All chunks and lanes advance together, one step per ``lax.sc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 UNIT_BITS = 16  # bits per stream unit; a lane refills when it holds fewer
 SIGN_WORD_BITS = 32  # steps per packed sign word
+NUM_SYMBOLS = 128  # 7-bit magnitudes
 
 
-def decode_step(buf, nbits, base, stream, limits, deltas, symbols, sign_word, t):
-    """One decode step for a block of lanes; shared by every backend that can run jnp.
+class LaneOps(NamedTuple):
+    """The two per-backend helpers of a decode step (everything else is shared).
+
+    Attributes:
+      exclusive_prefix: int32[..., L] -> int32[..., L], exclusive prefix sum across lanes.
+      fetch: ``(position) -> uint32[..., L]`` the 16-bit unit at each (already clamped)
+        unit position, for a lane ``[..., L]`` block.
+      lookup: int32[..., L] symbol index (already clamped to [0, 127]) -> int32 magnitude.
+    """
+
+    exclusive_prefix: Callable
+    fetch: Callable
+    lookup: Callable
+
+
+def decode_step(buf, nbits, base, ops: LaneOps, limits, deltas, sign_word, t, num_units):
+    """One decode step for a block of lanes, shared by the reference and every kernel.
 
     Args:
       buf: uint32[..., L] bit buffers, next bit in the MSB.
       nbits: int32[..., L] valid bits in ``buf``.
-      base: int32[...] unit index of the next unit to hand out, per chunk.
-      stream: uint32[W] units, two per word.
-      limits: int32[MAX_CODE_LEN + 1]; deltas: int32[MAX_CODE_LEN + 1]; symbols: int32[128].
+      base: int32[..., 1] unit index of the next unit to hand out, per chunk.
+      ops: the backend's lane helpers.
+      limits: ``MAX_CODE_LEN + 1`` int32 scalars, the codebook's ``limits`` table.
+      deltas: ``MAX_CODE_LEN + 1`` int32 scalars, the codebook's ``deltas`` table.
       sign_word: uint32[..., L] the packed sign word of this step's group of 32 steps.
       t: step index (its low 5 bits select the sign bit).
+      num_units: units in the stream; positions are clamped to ``[0, num_units - 1]``.
 
     Returns:
       ``(buf, nbits, base, byte)`` with byte uint8[..., L].
     """
-    max_len = limits.shape[0] - 1
+    max_len = len(limits) - 1
     need = nbits < UNIT_BITS
     needi = need.astype(jnp.int32)
-    prefix = jnp.cumsum(needi, axis=-1) - needi
-    pos = jnp.clip(base[..., None] + prefix, 0, 2 * stream.shape[0] - 1)
-    word = stream[pos >> 1]
-    unit = jnp.where((pos & 1) == 1, word & 0xFFFF, word >> UNIT_BITS)
+    pos = jnp.clip(base + ops.exclusive_prefix(needi), 0, num_units - 1)
+    unit = ops.fetch(pos)
     shift = jnp.clip(UNIT_BITS - nbits, 0, UNIT_BITS).astype(jnp.uint32)
     buf = jnp.where(need, buf | (unit << shift), buf)
     nbits = nbits + UNIT_BITS * needi
-    base = base + needi.sum(axis=-1)
+    base = base + needi.sum(axis=-1, keepdims=True)
 
+    # Canonical decode: the code length is 1 + the number of limits at or below the peek;
+    # the index delta of that length is selected along the way (no table read by length).
     peek = (buf >> (32 - max_len)).astype(jnp.int32)
-    length = 1 + (peek[..., None] >= limits[1:max_len]).sum(axis=-1, dtype=jnp.int32)
-    index = (peek >> (max_len - length)) + deltas[length]
-    magnitude = symbols[jnp.clip(index, 0, symbols.shape[0] - 1)]
+    length = jnp.ones_like(peek)
+    delta = jnp.full_like(peek, deltas[1])
+    for k in range(1, max_len):
+        longer = peek >= limits[k]
+        length = length + longer.astype(jnp.int32)
+        delta = jnp.where(longer, deltas[k + 1], delta)
+    index = jnp.clip((peek >> (max_len - length)) + delta, 0, NUM_SYMBOLS - 1)
+    magnitude = ops.lookup(index)
     buf = buf << length.astype(jnp.uint32)
     nbits = nbits - length
-    sign = (sign_word >> (t % SIGN_WORD_BITS).astype(jnp.uint32)) & 1
+    sign = (sign_word >> lax.convert_element_type(t & (SIGN_WORD_BITS - 1), jnp.uint32)) & 1
     byte = (magnitude.astype(jnp.uint32) | (sign << 7)).astype(jnp.uint8)
     return buf, nbits, base, byte
+
+
+def split_unit(word, pos):
+    """The 16-bit unit ``pos`` of a stream, given its word ``stream[pos >> 1]``."""
+    return jnp.where((pos & 1) == 1, word & 0xFFFF, word >> UNIT_BITS)
+
+
+def _xla_ops(stream, symbols) -> LaneOps:
+    return LaneOps(
+        exclusive_prefix=lambda x: jnp.cumsum(x, axis=-1) - x,
+        fetch=lambda pos: split_unit(stream[pos >> 1], pos),
+        lookup=lambda index: symbols[index],
+    )
 
 
 def ecf8_decode_reference(
@@ -93,18 +132,23 @@ def ecf8_decode_reference(
     deltas = jnp.asarray(deltas, jnp.int32)
     symbols = jnp.asarray(symbols, jnp.int32)
 
+    ops = _xla_ops(stream, symbols)
+    limit_list = [limits[k] for k in range(limits.shape[0])]
+    delta_list = [deltas[k] for k in range(deltas.shape[0])]
+    num_units = 2 * stream.shape[0]
+
     def body(carry, t):
         buf, nbits, base = carry
         sign_word = lax.dynamic_index_in_dim(signs, t // SIGN_WORD_BITS, axis=1, keepdims=False)
         buf, nbits, base, byte = decode_step(
-            buf, nbits, base, stream, limits, deltas, symbols, sign_word, t
+            buf, nbits, base, ops, limit_list, delta_list, sign_word, t, num_units
         )
         return (buf, nbits, base), byte
 
     init = (
         jnp.zeros((chunks, lanes), jnp.uint32),
         jnp.zeros((chunks, lanes), jnp.int32),
-        jnp.asarray(chunk_offsets[:chunks], jnp.int32),
+        jnp.asarray(chunk_offsets[:chunks], jnp.int32)[:, None],
     )
     _, out = lax.scan(body, init, jnp.arange(steps, dtype=jnp.int32))  # [S, C, L]
     return out.transpose(1, 0, 2).reshape(-1)

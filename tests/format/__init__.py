@@ -1,0 +1,1 @@
+"""Tests of the ECF8 format: encoder, codebook, validation, checksums and decoding."""

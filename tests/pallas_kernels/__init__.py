@@ -1,0 +1,1 @@
+"""Tests of the Pallas kernel packages (reference implementations and dispatch)."""
