@@ -15,7 +15,9 @@ from ecf8_jax.format.tensor import Ecf8Tensor, FormatError
 from pallas_kernels.ecf8_decode import api as decode_api
 
 
-def decode(t: Ecf8Tensor, *, implementation: str | None = None) -> jax.Array:
+def decode(
+    t: Ecf8Tensor, *, implementation: str | None = None, interpret: bool = False
+) -> jax.Array:
     """Decodes ``t`` to an array of its dtype and shape, bit-identical to what was encoded.
 
     Plain jnp (or a Pallas kernel, through ``pallas_kernels.ecf8_decode``), so it composes
@@ -25,7 +27,9 @@ def decode(t: Ecf8Tensor, *, implementation: str | None = None) -> jax.Array:
 
     Args:
       t: the encoded tensor.
-      implementation: decode backend; ``None`` picks the best available.
+      implementation: decode backend (``"xla"``, ``"pallas_gpu"``, ``"pallas_tpu"``); ``None``
+        picks the current platform's kernel and falls back to ``"xla"`` with a warning.
+      interpret: run a Pallas kernel in interpret mode (for tests on CPU).
 
     Returns:
       jax.Array of ``t.dtype`` and ``t.shape``.
@@ -48,6 +52,7 @@ def decode(t: Ecf8Tensor, *, implementation: str | None = None) -> jax.Array:
         deltas,
         symbols,
         implementation=implementation,
+        interpret=interpret,
     )
     raw = raw[: t.size]
     return lax.bitcast_convert_type(raw, DTYPES[t.dtype]).reshape(t.shape)

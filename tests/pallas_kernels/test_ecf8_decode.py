@@ -89,13 +89,11 @@ def test_reference_decodes_the_worked_example_from_raw_arrays():
 def test_every_implementation_matches_the_input_bits(implementation):
     t = _encoded(12000, 32, seed=1)
     x = (np.random.default_rng(1).standard_normal(12000) * 0.1).astype(E4M3)
-    decode = jax.jit(lambda *arrays: api.decode(*arrays, implementation=implementation))
-    try:
-        out = np.asarray(decode(*_raw_arrays(t)))
-    except ValueError as e:  # a listed backend this platform cannot run, e.g. a GPU kernel
-        if "unavailable" in str(e):
-            pytest.skip(str(e))
-        raise
+    interpret = implementation != "xla" and jax.default_backend() == "cpu"
+    decode = jax.jit(
+        lambda *arrays: api.decode(*arrays, implementation=implementation, interpret=interpret)
+    )
+    out = np.asarray(decode(*_raw_arrays(t)))
     assert out.shape == (3 * 32 * LANES,)
     np.testing.assert_array_equal(out[: x.size], x.view(np.uint8))
 
