@@ -10,7 +10,7 @@ The short tour::
     print(ecf8_jax.stats(w_fp8))          # entropies, bits/weight, byte breakdown
 """
 
-from ecf8_jax.codec import decode, stack
+from ecf8_jax.codec import decode, matmul, pad_stream, stack
 from ecf8_jax.format import (
     FORMAT_VERSION,
     Ecf8Tensor,
@@ -30,6 +30,8 @@ __all__ = [
     "Stats",
     "decode",
     "encode",
+    "matmul",
+    "pad_stream",
     "stack",
     "stats",
     "validate",

@@ -10,9 +10,11 @@ import numpy as np
 from jax import lax
 
 from ecf8_jax.format.codebook import canonical_tables
-from ecf8_jax.format.constants import DTYPES, SUPPORTED_VERSIONS
+from ecf8_jax.format.constants import DTYPES, LAYOUTS, SUPPORTED_VERSIONS
 from ecf8_jax.format.tensor import Ecf8Tensor, FormatError
 from pallas_kernels.ecf8_decode import api as decode_api
+from pallas_kernels.ecf8_matmul import api as matmul_api
+from pallas_kernels.ecf8_matmul.reference import tiles_to_matrix
 
 
 def decode(
@@ -43,6 +45,8 @@ def decode(
         )
     if t.dtype not in DTYPES:
         raise FormatError(f"unknown dtype {t.dtype!r}; expected one of {sorted(DTYPES)}")
+    if t.layout not in LAYOUTS:
+        raise FormatError(f"unknown layout {t.layout!r}; expected one of {LAYOUTS}")
     limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
     raw = decode_api.decode(
         t.stream,
@@ -54,8 +58,49 @@ def decode(
         implementation=implementation,
         interpret=interpret,
     )
-    raw = raw[: t.size]
-    return lax.bitcast_convert_type(raw, DTYPES[t.dtype]).reshape(t.shape)
+    return lax.bitcast_convert_type(slots_to_tensor(raw, t), DTYPES[t.dtype])
+
+
+def slots_to_tensor(slots: jax.Array, t: Ecf8Tensor) -> jax.Array:
+    """Reorders decoded chunk slots (uint8[C * S * 128]) into ``t``'s shape, dropping padding."""
+    if t.layout == "tiles":
+        return tiles_to_matrix(slots, *t.shape, t.chunk_steps)
+    return slots[: t.size].reshape(t.shape)
+
+
+def matmul(
+    x: jax.Array,
+    w: Ecf8Tensor,
+    scale: jax.Array | float = 1.0,
+    *,
+    implementation: str | None = None,
+    interpret: bool = False,
+) -> jax.Array:
+    """``(x @ w) * scale`` for an ECF8 weight ``w`` [k, n] encoded with ``layout="tiles"``.
+
+    On GPU the weight is decoded tile by tile inside the matmul (never written to HBM);
+    elsewhere it is decoded, then multiplied by XLA. Numerics: bf16 operands (FP8 values are
+    exact in bf16), float32 accumulation, float32 scale per output column.
+
+    Args:
+      x: [m, k] activations.
+      w: the weight, ``layout="tiles"``.
+      scale: per-tensor scalar or float32[n] per output column.
+      implementation: ``None``, ``"xla"`` or ``"pallas_gpu"``.
+      interpret: run the Pallas kernel in interpret mode.
+
+    Returns:
+      float32[m, n].
+    """
+    if w.layout != "tiles":
+        raise FormatError(f"matmul needs a weight encoded with layout='tiles', not {w.layout!r}")
+    k, n = w.shape
+    limits, deltas, symbols = canonical_tables(w.code_lengths, jnp)
+    scale = jnp.broadcast_to(jnp.asarray(scale, jnp.float32), (n,))
+    return matmul_api.ecf8_matmul(
+        x, scale, w.chunk_offsets, w.stream, w.signs, limits, deltas, symbols,
+        k=k, n=n, fp8_dtype=DTYPES[w.dtype], implementation=implementation, interpret=interpret,
+    )  # fmt: skip
 
 
 def pad_stream(t: Ecf8Tensor, words: int | None = None) -> Ecf8Tensor:
@@ -108,4 +153,5 @@ def stack(tensors: list[Ecf8Tensor]) -> Ecf8Tensor:
         dtype=tensors[0].dtype,
         chunk_steps=tensors[0].chunk_steps,
         version=tensors[0].version,
+        layout=tensors[0].layout,
     )

@@ -45,3 +45,9 @@ holds a whole code, so the decoder needs no 64-bit arithmetic (Mosaic TPU has no
 DEFAULT_CHUNK_STEPS = 1024
 """Symbols each lane decodes per chunk (a chunk is LANES * chunk_steps weights). Chosen by
 measurement: see docs/FORMAT.md, "Choosing the chunk size"."""
+
+LAYOUTS = ("flat", "tiles")
+"""How weights map to chunk slots. ``flat``: the row-major flattened tensor, chunk after chunk.
+``tiles`` (2-D tensors whose last dimension is a multiple of 128): chunk ``(rb, cb)`` is the
+tile ``x[rb*S : rb*S+S, cb*128 : cb*128+128]``, step = row, lane = column, chunks in row-block
+major order, so a fused matmul decodes whole [rows, 128] weight tiles."""

@@ -20,6 +20,7 @@ from ecf8_jax.format.constants import (
     DTYPES,
     FORMAT_VERSION,
     LANES,
+    LAYOUTS,
     MAGNITUDE_MASK,
     MAX_CODE_LEN,
     NUM_SYMBOLS,
@@ -80,13 +81,14 @@ _BIT_INDEX = np.arange(SIGN_WORD_BITS, dtype=np.uint32)[None, None, :, None]
 
 
 def _encode_block(
-    raw: np.ndarray, chunks: int, steps: int, len_table: np.ndarray, code_table: np.ndarray
+    padded: np.ndarray, valid: np.ndarray, len_table: np.ndarray, code_table: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Encodes whole chunks; ``raw`` may be shorter than ``chunks * steps * LANES`` (the tail).
+    """Encodes whole chunks.
 
     Args:
-      raw: uint8[<= chunks * steps * LANES] FP8 bytes.
-      chunks, steps: the block's chunk count and steps per chunk.
+      padded: uint8[chunks, steps, LANES] FP8 bytes in chunk-slot order.
+      valid: int[chunks] slots holding weights in each chunk (slot ``t * LANES + l``); the
+        rest are padding and are not coded.
       len_table: uint8[256] code length of each byte's magnitude.
       code_table: uint32[256] canonical code of each byte's magnitude.
 
@@ -94,17 +96,14 @@ def _encode_block(
       ``(units, signs, chunk_units)``: uint32[U] stream units in decoder order,
       uint32[chunks, steps // 32, LANES] sign words, int64[chunks] units per chunk.
     """
-    n = raw.size
-    total = chunks * steps * LANES
-    if n < total:
-        padded = np.zeros(total, dtype=np.uint8)
-        padded[:n] = raw
-    else:
-        padded = raw
+    chunks, steps, _ = padded.shape
+    ragged = bool((valid < steps * LANES).any())
+    if ragged:
+        slot = np.arange(steps * LANES, dtype=np.int32).reshape(1, steps, LANES)
+        padding = slot >= valid.reshape(-1, 1, 1)  # [chunks, steps, LANES]
     lens = len_table[padded]
-    if n < total:  # padding is not coded
-        lens[n:] = 0
-    lens = lens.reshape(chunks, steps, LANES)  # [chunk, step, lane]
+    if ragged:  # padding is not coded
+        lens[padding] = 0
     acc = np.uint16 if steps * MAX_CODE_LEN < 1 << 16 else np.int32
     consumed = np.cumsum(lens, axis=1, dtype=acc)
     consumed -= lens  # bits each lane consumed before each step
@@ -115,8 +114,8 @@ def _encode_block(
     refill = np.empty(taken.shape, dtype=bool)
     refill[:, 0] = True
     np.not_equal(taken[:, 1:], taken[:, :-1], out=refill[:, 1:])
-    if n < total:  # refills for padding slots are never needed: they come last in order
-        refill.reshape(-1)[n:] = False
+    if ragged:  # refills for padding slots are never needed: they come last in their chunk
+        refill[padding] = False
     lane_units = refill.sum(axis=1, dtype=np.int32)  # [chunk, lane]
     lane_start = np.cumsum(lane_units, dtype=np.int32) - lane_units.reshape(-1)
     lane_start = lane_start.reshape(chunks, 1, LANES)
@@ -125,9 +124,9 @@ def _encode_block(
     # bit o of unit u sits in the 32-bit window of units (u, u + 1); codes starting in one
     # unit occupy disjoint bits, so summing their windows per unit is an exact OR.
     shift = (2 * UNIT_BITS - lens) - (consumed.astype(np.uint8) & (UNIT_BITS - 1))
-    window = code_table[padded].reshape(lens.shape) << shift
-    if n < total:
-        window.reshape(-1)[n:] = 0
+    window = code_table[padded] << shift
+    if ragged:
+        window[padding] = 0
     unit = (consumed >> 4) + lane_start
     size = int(lane_units.sum()) + 2
     sums = np.bincount(unit.reshape(-1), weights=window.reshape(-1), minlength=size)
@@ -159,7 +158,36 @@ def _magnitude_histogram(raw: np.ndarray) -> np.ndarray:
     return per_byte.reshape(2, NUM_SYMBOLS).sum(axis=0)
 
 
-def encode(x, *, chunk_steps: int | None = None) -> Ecf8Tensor:
+def _flat_chunks(raw: np.ndarray, steps: int, chunks: int):
+    """Yields ``(padded [k, steps, LANES], valid [k])`` for the ``flat`` layout."""
+    per_chunk = steps * LANES
+    block_chunks = max(1, BLOCK_WEIGHTS // per_chunk)
+    for first in range(0, chunks, block_chunks):
+        count = min(block_chunks, chunks - first)
+        block = raw[first * per_chunk : (first + count) * per_chunk]
+        if block.size < count * per_chunk:
+            block = np.pad(block, (0, count * per_chunk - block.size))
+        starts = (first + np.arange(count)) * per_chunk
+        yield block.reshape(count, steps, LANES), np.clip(raw.size - starts, 0, per_chunk)
+
+
+def _tile_chunks(raw2d: np.ndarray, steps: int):
+    """Yields ``(padded [k, steps, LANES], valid [k])`` for the ``tiles`` layout."""
+    rows, cols = raw2d.shape
+    col_blocks = cols // LANES
+    block_chunks = max(1, BLOCK_WEIGHTS // (steps * LANES))
+    for first_row in range(0, rows, steps):
+        slab = raw2d[first_row : first_row + steps]
+        valid_rows = slab.shape[0]
+        if valid_rows < steps:
+            slab = np.pad(slab, ((0, steps - valid_rows), (0, 0)))
+        tiles = slab.reshape(steps, col_blocks, LANES).transpose(1, 0, 2)  # [cb, step, lane]
+        for first in range(0, col_blocks, block_chunks):
+            part = np.ascontiguousarray(tiles[first : first + block_chunks])
+            yield part, np.full(part.shape[0], valid_rows * LANES)
+
+
+def encode(x, *, chunk_steps: int | None = None, layout: str = "flat") -> Ecf8Tensor:
     """Encodes an FP8 array losslessly.
 
     Args:
@@ -167,18 +195,35 @@ def encode(x, *, chunk_steps: int | None = None) -> Ecf8Tensor:
         shape (0-size and scalars included).
       chunk_steps: upper bound on symbols per lane per chunk (multiple of 32); a chunk holds
         ``128 * chunk_steps`` weights. Defaults to ``DEFAULT_CHUNK_STEPS``.
+      layout: ``"flat"`` (any shape) or ``"tiles"`` (2-D, last dimension a multiple of 128:
+        chunks are [chunk_steps, 128] tiles, what the fused matmul kernel decodes).
 
     Returns:
       An ``Ecf8Tensor`` with numpy leaves that decodes to the bit patterns of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not FP8.
+      ValueError: bad ``chunk_steps`` or ``layout``.
     """
     arr = _as_fp8_numpy(x)
     name = dtype_name(arr.dtype)
     shape = tuple(int(d) for d in arr.shape)
     n = arr.size
-    steps = choose_chunk_steps(n, chunk_steps)
-    chunks = num_chunks(n, steps)
-    per_chunk = steps * LANES
     raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    if layout == "flat":
+        steps = choose_chunk_steps(n, chunk_steps)
+        pieces = _flat_chunks(raw, steps, num_chunks(n, steps))
+    elif layout == "tiles":
+        if len(shape) != 2 or shape[1] % LANES:
+            raise ValueError(
+                f"layout 'tiles' needs a 2-D array whose last dimension is a multiple of "
+                f"{LANES}, got shape {shape}"
+            )
+        steps = choose_chunk_steps(shape[0] * LANES, chunk_steps)
+        pieces = _tile_chunks(raw.reshape(shape), steps) if n else iter(())
+    else:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    chunks = num_chunks(n, steps, layout, shape)
 
     counts = _magnitude_histogram(raw)
     lengths = code_lengths(counts)
@@ -187,12 +232,9 @@ def encode(x, *, chunk_steps: int | None = None) -> Ecf8Tensor:
     code_table = canonical_codes(lengths)[magnitudes].astype(np.uint32)
 
     # Blocks of whole chunks keep the temporaries small (cache-sized, no page faults).
-    block_chunks = max(1, BLOCK_WEIGHTS // per_chunk)
     units, signs, chunk_units = [], [], []
-    for first in range(0, chunks, block_chunks):
-        count = min(block_chunks, chunks - first)
-        block = raw[first * per_chunk : (first + count) * per_chunk]
-        u, s, c = _encode_block(block, count, steps, len_table, code_table)
+    for padded, valid in pieces:
+        u, s, c = _encode_block(padded, valid, len_table, code_table)
         units.append(u)
         signs.append(s)
         chunk_units.append(c)
@@ -207,7 +249,13 @@ def encode(x, *, chunk_steps: int | None = None) -> Ecf8Tensor:
         np.concatenate(signs) if signs else np.zeros((0, steps // SIGN_WORD_BITS, LANES), np.uint32)
     )
 
-    meta = {"version": FORMAT_VERSION, "shape": list(shape), "dtype": name, "chunk_steps": steps}
+    meta = {
+        "version": FORMAT_VERSION,
+        "shape": list(shape),
+        "dtype": name,
+        "chunk_steps": steps,
+        "layout": layout,
+    }
     checksums = compute_checksums(meta, stream, chunk_offsets, signs, lengths)
     return Ecf8Tensor(
         stream=stream.astype(np.uint32),
@@ -219,4 +267,5 @@ def encode(x, *, chunk_steps: int | None = None) -> Ecf8Tensor:
         dtype=name,
         chunk_steps=steps,
         version=FORMAT_VERSION,
+        layout=layout,
     )

@@ -28,6 +28,7 @@ from ecf8_jax.format.codebook import kraft_sum
 from ecf8_jax.format.constants import (
     DTYPES,
     LANES,
+    LAYOUTS,
     MAX_CODE_LEN,
     NUM_SYMBOLS,
     SIGN_WORD_BITS,
@@ -42,14 +43,15 @@ class FormatError(ValueError):
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["stream", "chunk_offsets", "signs", "code_lengths", "checksums"],
-    meta_fields=["shape", "dtype", "chunk_steps", "version"],
+    meta_fields=["shape", "dtype", "chunk_steps", "version", "layout"],
 )
 @dataclasses.dataclass(frozen=True)
 class Ecf8Tensor:
     """One FP8 tensor, losslessly entropy-coded (format version ``version``).
 
     Leaves are the arrays (numpy on the host, jax arrays on device, tracers under ``jit``);
-    ``shape``, ``dtype`` (a name from ``DTYPES``), ``chunk_steps`` and ``version`` are static.
+    ``shape``, ``dtype`` (a name from ``DTYPES``), ``chunk_steps``, ``version`` and ``layout``
+    (one of ``LAYOUTS``) are static.
     Stacking tensors of one shape adds a leading axis to every leaf, which ``jax.vmap`` and
     ``lax.scan`` map over.
     """
@@ -63,6 +65,7 @@ class Ecf8Tensor:
     dtype: str
     chunk_steps: int
     version: int
+    layout: str = "flat"
 
     @property
     def size(self) -> int:
@@ -72,7 +75,7 @@ class Ecf8Tensor:
     @property
     def num_chunks(self) -> int:
         """Independently decodable chunks."""
-        return num_chunks(self.size, self.chunk_steps)
+        return num_chunks(self.size, self.chunk_steps, self.layout, self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -94,11 +97,16 @@ class Ecf8Tensor:
             "shape": list(self.shape),
             "dtype": self.dtype,
             "chunk_steps": self.chunk_steps,
+            "layout": self.layout,
         }
 
 
-def num_chunks(size: int, chunk_steps: int) -> int:
-    """Chunks of ``LANES * chunk_steps`` weights needed for ``size`` weights."""
+def num_chunks(
+    size: int, chunk_steps: int, layout: str = "flat", shape: tuple[int, ...] = ()
+) -> int:
+    """Chunks of ``LANES * chunk_steps`` slots needed for ``size`` weights in ``layout``."""
+    if layout == "tiles" and len(shape) == 2:
+        return -(-shape[0] // chunk_steps) * (shape[1] // LANES)
     return -(-size // (LANES * chunk_steps))
 
 
@@ -110,6 +118,8 @@ def header_bytes(metadata: dict, code_lengths: np.ndarray, chunk_offsets: np.nda
         shape="x".join(map(str, metadata["shape"])),
         chunk_steps=metadata["chunk_steps"],
     )
+    if metadata.get("layout", "flat") != "flat":
+        meta += " layout=" + metadata["layout"]
     return (
         meta.encode()
         + np.asarray(code_lengths, dtype=np.uint8).tobytes()
@@ -178,6 +188,13 @@ def validate(t: Ecf8Tensor) -> Ecf8Tensor:
         raise FormatError(f"unknown dtype {t.dtype!r}; expected one of {sorted(DTYPES)}")
     if not all(isinstance(d, int) and d >= 0 for d in t.shape):
         raise FormatError(f"shape {t.shape!r} must be non-negative integers")
+    if t.layout not in LAYOUTS:
+        raise FormatError(f"unknown layout {t.layout!r}; expected one of {LAYOUTS}")
+    if t.layout == "tiles" and (len(t.shape) != 2 or t.shape[1] % LANES):
+        raise FormatError(
+            f"layout 'tiles' needs a 2-D shape whose last dimension is a multiple of {LANES}, "
+            f"got {t.shape}"
+        )
     s = t.chunk_steps
     if not isinstance(s, int) or s <= 0 or s % SIGN_WORD_BITS:
         raise FormatError(f"chunk_steps {s!r} must be a positive multiple of {SIGN_WORD_BITS}")

@@ -28,6 +28,15 @@ from pallas_kernels.ecf8_decode.config import BlockSizes
 from pallas_kernels.ecf8_decode.reference import SIGN_WORD_BITS, LaneOps, decode_step, split_unit
 
 
+def gpu_lane_ops(stream_ref, symbols_ref) -> LaneOps:
+    """Lane helpers for Triton: ``jnp.cumsum`` across lanes, tables read as ``ref[index]``."""
+    return LaneOps(
+        exclusive_prefix=lambda x: jnp.cumsum(x, axis=-1) - x,
+        fetch=lambda pos: split_unit(stream_ref[pos >> 1], pos),
+        lookup=lambda index: symbols_ref[index],
+    )
+
+
 def _decode_kernel(
     offsets_ref, stream_ref, signs_ref, limits_ref, deltas_ref, symbols_ref, out_ref, *, groups
 ):
@@ -36,11 +45,7 @@ def _decode_kernel(
     limits = [limits_ref[k] for k in range(limits_ref.shape[0])]
     deltas = [deltas_ref[k] for k in range(deltas_ref.shape[0])]
     num_units = 2 * stream_ref.shape[0]
-    ops = LaneOps(
-        exclusive_prefix=lambda x: jnp.cumsum(x, axis=-1) - x,
-        fetch=lambda pos: split_unit(stream_ref[pos >> 1], pos),
-        lookup=lambda index: symbols_ref[index],
-    )
+    ops = gpu_lane_ops(stream_ref, symbols_ref)
 
     def group_body(g, carry):
         sign_word = signs_ref[c, g, :]
