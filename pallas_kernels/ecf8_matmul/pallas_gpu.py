@@ -110,7 +110,7 @@ def tiled_matmul_gpu(
     n: int,
     steps: int,
     fp8_dtype,
-    block_m: int = 16,
+    block_m: int | None = None,
     num_warps: int = 4,
     interpret: bool = False,
 ) -> jax.Array:
@@ -125,7 +125,8 @@ def tiled_matmul_gpu(
       k, n: the weight's shape; ``n`` a multiple of 128.
       steps: rows per tile (the tensor's ``chunk_steps``).
       fp8_dtype: the weight's FP8 dtype.
-      block_m: rows of x per program (>= 16 for Triton's dot).
+      block_m: rows of x per program (>= 16 for Triton's dot); default: m rounded up to a
+        power of two, between 16 and 64 (each row block of programs decodes the weight anew).
       num_warps: Triton warps per program.
       interpret: run in Pallas interpret mode.
 
@@ -133,6 +134,8 @@ def tiled_matmul_gpu(
       float32[m, n].
     """
     m = x.shape[0]
+    if block_m is None:
+        block_m = min(max(pl.next_power_of_2(m), 16), 64)
     row_blocks = -(-k // steps)
     col_blocks = n // LANES
     m_pad = -(-m // block_m) * block_m
