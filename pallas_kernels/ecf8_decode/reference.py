@@ -23,6 +23,7 @@ from jax import lax
 UNIT_BITS = 16  # bits per stream unit; a lane refills when it holds fewer
 SIGN_WORD_BITS = 32  # steps per packed sign word
 NUM_SYMBOLS = 128  # 7-bit magnitudes
+TABLE_MIN_SLOTS = 1 << 18  # the XLA decoder's lookup table pays off from here
 
 
 class LaneOps(NamedTuple):
@@ -33,11 +34,14 @@ class LaneOps(NamedTuple):
       fetch: ``(position) -> uint32[..., L]`` the 16-bit unit at each (already clamped)
         unit position, for a lane ``[..., L]`` block.
       lookup: int32[..., L] symbol index (already clamped to [0, 127]) -> int32 magnitude.
+      decode_peek: optional ``peek -> (length, magnitude)`` replacing the canonical compare
+        chain (the CPU path reads both from one 64 Ki-entry table instead).
     """
 
     exclusive_prefix: Callable
     fetch: Callable
     lookup: Callable
+    decode_peek: Callable | None = None
 
 
 def decode_step(buf, nbits, base, ops: LaneOps, limits, deltas, sign_word, t, num_units):
@@ -67,17 +71,11 @@ def decode_step(buf, nbits, base, ops: LaneOps, limits, deltas, sign_word, t, nu
     nbits = nbits + UNIT_BITS * needi
     base = base + needi.sum(axis=-1, keepdims=True)
 
-    # Canonical decode: the code length is 1 + the number of limits at or below the peek;
-    # the index delta of that length is selected along the way (no table read by length).
     peek = (buf >> (32 - max_len)).astype(jnp.int32)
-    length = jnp.ones_like(peek)
-    delta = jnp.full_like(peek, deltas[1])
-    for k in range(1, max_len):
-        longer = peek >= limits[k]
-        length = length + longer.astype(jnp.int32)
-        delta = jnp.where(longer, deltas[k + 1], delta)
-    index = jnp.clip((peek >> (max_len - length)) + delta, 0, NUM_SYMBOLS - 1)
-    magnitude = ops.lookup(index)
+    if ops.decode_peek is None:
+        length, magnitude = canonical_symbol(peek, limits, deltas, ops.lookup)
+    else:
+        length, magnitude = ops.decode_peek(peek)
     buf = buf << length.astype(jnp.uint32)
     nbits = nbits - length
     sign = (sign_word >> lax.convert_element_type(t & (SIGN_WORD_BITS - 1), jnp.uint32)) & 1
@@ -85,16 +83,53 @@ def decode_step(buf, nbits, base, ops: LaneOps, limits, deltas, sign_word, t, nu
     return buf, nbits, base, byte
 
 
+def canonical_symbol(peek, limits, deltas, lookup):
+    """Code length and magnitude of the canonical code at the front of ``peek``.
+
+    The length is 1 + the number of limits at or below the peek; the index delta of that
+    length is selected along the way (no table read by length, which Mosaic cannot do).
+
+    Args:
+      peek: int32[...] the next MAX_CODE_LEN bits.
+      limits, deltas: ``MAX_CODE_LEN + 1`` int32 scalars each (the codebook tables).
+      lookup: int32 symbol index (clamped to [0, 127]) -> int32 magnitude.
+
+    Returns:
+      ``(length, magnitude)``, int32 each.
+    """
+    max_len = len(limits) - 1
+    length = jnp.ones_like(peek)
+    delta = jnp.full_like(peek, deltas[1])
+    for k in range(1, max_len):
+        longer = peek >= limits[k]
+        length = length + longer.astype(jnp.int32)
+        delta = jnp.where(longer, deltas[k + 1], delta)
+    index = jnp.clip((peek >> (max_len - length)) + delta, 0, NUM_SYMBOLS - 1)
+    return length, lookup(index)
+
+
 def split_unit(word, pos):
     """The 16-bit unit ``pos`` of a stream, given its word ``stream[pos >> 1]``."""
     return jnp.where((pos & 1) == 1, word & 0xFFFF, word >> UNIT_BITS)
 
 
-def _xla_ops(stream, symbols) -> LaneOps:
+def _xla_ops(stream, symbols, limits, deltas, use_table) -> LaneOps:
+    lookup = lambda index: symbols[index]  # noqa: E731
+    decode_peek = None
+    if use_table:  # one gather from a 64 Ki-entry table: length << 8 | magnitude
+        peeks = jnp.arange(1 << (len(limits) - 1), dtype=jnp.int32)
+        length, magnitude = canonical_symbol(peeks, limits, deltas, lookup)
+        table = (length << 8) | magnitude
+
+        def decode_peek(peek):
+            entry = table[peek]
+            return entry >> 8, entry & 0xFF
+
     return LaneOps(
         exclusive_prefix=lambda x: jnp.cumsum(x, axis=-1) - x,
         fetch=lambda pos: split_unit(stream[pos >> 1], pos),
-        lookup=lambda index: symbols[index],
+        lookup=lookup,
+        decode_peek=decode_peek,
     )
 
 
@@ -105,6 +140,8 @@ def ecf8_decode_reference(
     limits: jax.Array,
     deltas: jax.Array,
     symbols: jax.Array,
+    *,
+    use_table: bool | None = None,
 ) -> jax.Array:
     """Decodes every chunk.
 
@@ -115,6 +152,9 @@ def ecf8_decode_reference(
       limits: int32[MAX_CODE_LEN + 1] canonical-code limits (see the format's codebook).
       deltas: int32[MAX_CODE_LEN + 1] index deltas per code length.
       symbols: int32[128] magnitudes sorted by (code length, magnitude).
+      use_table: decode each symbol with one read of a 64 Ki-entry (length, magnitude) table
+        built from the canonical rule, instead of the compare chain the kernels use; default:
+        for ``TABLE_MIN_SLOTS`` slots or more, where building the table pays off.
 
     Returns:
       uint8[C * S * L] the FP8 bit patterns, element ``c*S*L + t*L + l`` from lane ``l`` of
@@ -132,9 +172,11 @@ def ecf8_decode_reference(
     deltas = jnp.asarray(deltas, jnp.int32)
     symbols = jnp.asarray(symbols, jnp.int32)
 
-    ops = _xla_ops(stream, symbols)
     limit_list = [limits[k] for k in range(limits.shape[0])]
     delta_list = [deltas[k] for k in range(deltas.shape[0])]
+    if use_table is None:
+        use_table = chunks * steps * lanes >= TABLE_MIN_SLOTS
+    ops = _xla_ops(stream, symbols, limit_list, delta_list, use_table)
     num_units = 2 * stream.shape[0]
 
     def body(carry, t):

@@ -205,3 +205,13 @@ def test_kernels_take_raw_arrays_of_any_integer_dtype():
         interpret=True,
     )
     assert np.asarray(out)[0] == x.view(np.uint8)[0]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reference_table_and_compare_chain_decode_alike(case):
+    x, chunk_steps = CASES[case]
+    raw = _raw(ecf8_jax.encode(x, chunk_steps=chunk_steps))
+    chain = np.asarray(ecf8_decode_reference(*raw, use_table=False))
+    table = np.asarray(ecf8_decode_reference(*raw, use_table=True))
+    np.testing.assert_array_equal(table, chain)
+    np.testing.assert_array_equal(table[: x.size], x.view(np.uint8).reshape(-1))
