@@ -8,8 +8,6 @@ jitted decode) alike, so the two sides cannot disagree.
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 
 from ecf8_jax.format.constants import MAX_CODE_LEN, NUM_SYMBOLS
@@ -35,20 +33,31 @@ def code_lengths(counts: np.ndarray, max_len: int = MAX_CODE_LEN) -> np.ndarray:
         return lengths
     if present.size > (1 << max_len):
         raise ValueError(f"{present.size} symbols cannot fit codes of at most {max_len} bits")
-    # Package-merge (Larmore & Hirschberg): each item is (weight, tuple of symbol indices).
-    leaves = sorted((int(counts[s]), (int(s),)) for s in present)
-    items = list(leaves)
+    # Package-merge (Larmore & Hirschberg). Level 0 lists the leaves by weight; level i merges
+    # them with packages (pairs) of level i - 1. The optimal code takes the 2n - 2 cheapest
+    # items of the last level; walking back, a prefix holding j leaves and p packages adds 1 to
+    # the lengths of the j lightest leaves and selects the first 2p items of the level before.
+    order = present[np.argsort(counts[present], kind="stable")]
+    leaf_weights = counts[order]
+    n = order.size
+    leaf_flags = np.ones(n, dtype=bool)
+    weights, flags = leaf_weights, leaf_flags
+    levels = [flags]
     for _ in range(max_len - 1):
-        packages = [
-            (items[i][0] + items[i + 1][0], items[i][1] + items[i + 1][1])
-            for i in range(0, len(items) - 1, 2)
-        ]
-        items = list(heapq.merge(leaves, packages, key=lambda it: it[0]))
-    chosen = items[: 2 * present.size - 2]
-    hist = np.zeros(counts.shape[0], dtype=np.int64)
-    for _, syms in chosen:
-        np.add.at(hist, np.asarray(syms), 1)
-    lengths[:] = hist
+        pairs = weights.size // 2 * 2
+        packages = weights[0:pairs:2] + weights[1:pairs:2]
+        merged = np.concatenate([leaf_weights, packages])
+        rank = np.argsort(merged, kind="stable")  # leaves first among equal weights
+        weights = merged[rank]
+        flags = np.concatenate([leaf_flags, np.zeros(packages.size, dtype=bool)])[rank]
+        levels.append(flags)
+    sorted_lengths = np.zeros(n, dtype=np.int64)
+    take = 2 * n - 2
+    for flags in reversed(levels):
+        leaves = int(flags[:take].sum())
+        sorted_lengths[:leaves] += 1
+        take = 2 * (take - leaves)
+    lengths[order] = sorted_lengths
     return lengths
 
 

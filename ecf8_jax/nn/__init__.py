@@ -1,0 +1,41 @@
+"""Flax NNX layers on scaled FP8 weights, raw or ECF8-coded, and in-place model conversion.
+
+The short tour::
+
+    from ecf8_jax import nn as enn
+    layer = enn.Fp8Linear(w_fp8, scale)          # [out, in] FP8 + per-channel/tensor/block scale
+    y = layer(x)                                 # float32, see ``layers`` for the numerics
+    model = enn.compress_model(model)            # every Fp8Linear / Fp8Embed -> Ecf8*
+    y2 = nnx.jit(lambda m, x: m(x))(model, x)    # decodes inside the jitted forward; y2 == y bitwise
+"""
+
+from ecf8_jax.nn.convert import compress_layer, compress_model
+from ecf8_jax.nn.layers import (
+    Ecf8Embed,
+    Ecf8Linear,
+    Ecf8Weight,
+    Embed,
+    Fp8Embed,
+    Fp8Linear,
+    Fp8Scale,
+    Fp8Weight,
+    Linear,
+    dequantize,
+    fp8_linear,
+)
+
+__all__ = [
+    "Ecf8Embed",
+    "Ecf8Linear",
+    "Ecf8Weight",
+    "Embed",
+    "Fp8Embed",
+    "Fp8Linear",
+    "Fp8Scale",
+    "Fp8Weight",
+    "Linear",
+    "compress_layer",
+    "compress_model",
+    "dequantize",
+    "fp8_linear",
+]

@@ -1,0 +1,373 @@
+"""Flax NNX layers whose weights are scaled FP8, stored raw (``Fp8*``) or ECF8-coded (``Ecf8*``).
+
+Why: a model keeps its weights compressed in memory and decodes each one inside the jitted
+forward pass, right before the matmul that uses it. The raw-FP8 twins run the *same* code with the
+decode step replaced by the stored array, so a compressed model's outputs can be checked
+bit-for-bit against the uncompressed one (the decode is lossless, everything after it is shared).
+
+Numerics (one function, :func:`fp8_linear`, serves every linear layer):
+
+* dequantize: ``w = (fp8.astype(float32) * scale).astype(dtype)``, the scale broadcast per tensor,
+  per output channel, or per ``block_size`` block (the 128×128 ``weight_scale_inv`` layout of
+  DeepSeek-V3 / Qwen3 FP8 checkpoints, which despite its name multiplies the FP8 values);
+* ``y = dot(x.astype(dtype), w.T, preferred_element_type=float32) + bias``: float32 accumulation
+  and a float32 result. ``dtype`` is the compute dtype, float32 by default (bit-faithful to the
+  dequantized checkpoint), ``jnp.bfloat16`` for speed (FP8 values are exact in bf16, the scaled
+  ones are rounded once).
+
+Weights keep the checkpoint layout ``[out, in]`` (PyTorch / Hugging Face), so loaders store what
+they read without transposing.
+
+Variables: an ECF8 weight is an :class:`Ecf8Weight`, a raw FP8 one an :class:`Fp8Weight`, their
+scales :class:`Fp8Scale`; none of them is an ``nnx.Param``, so ``nnx.state(model, nnx.Param)``
+selects only the float (trainable) parameters: biases, norms, float layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from ecf8_jax.codec import decode
+from ecf8_jax.format.tensor import Ecf8Tensor
+
+Dtype = Any
+
+
+class Ecf8Weight(nnx.Variable):
+    """An ECF8-coded FP8 weight: the value is an :class:`~ecf8_jax.Ecf8Tensor` (a pytree)."""
+
+
+class Fp8Weight(nnx.Variable):
+    """A raw FP8 weight (``float8_e4m3fn`` / ``float8_e5m2`` array), not trainable."""
+
+
+class Fp8Scale(nnx.Variable):
+    """The float32 dequantization scale of an FP8 weight (see :func:`dequantize`)."""
+
+
+def scale_kind(scale_shape: tuple[int, ...], weight_shape: tuple[int, int]) -> str:
+    """``"tensor"``, ``"channel"`` or ``"block"``: how a scale of this shape applies.
+
+    A scale of shape ``()`` or ``(1,)`` is per tensor; ``(out,)`` or ``(out, 1)`` per output
+    channel (row of the ``[out, in]`` weight); any other 2-D shape is a grid of blocks.
+    """
+    out = weight_shape[0]
+    if len(scale_shape) == 0 or scale_shape == (1,) or scale_shape == (1, 1):
+        return "tensor"
+    if scale_shape in ((out,), (out, 1)):
+        return "channel"
+    if len(scale_shape) == 2:
+        return "block"
+    raise ValueError(f"scale of shape {scale_shape} does not fit a weight of shape {weight_shape}")
+
+
+def normalize_scale(
+    scale, weight_shape: tuple[int, int], block_size: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """The float32 scale in the shape :func:`dequantize` broadcasts, and its block shape.
+
+    Returns:
+      ``(scale, block)``: scale ``()``, ``[out, 1]`` or ``[ceil(out/bo), ceil(in/bi)]``;
+      ``block`` is ``tuple(block_size)`` for a block scale and ``None`` otherwise.
+
+    Raises:
+      ValueError: a block scale whose grid is not ``ceil(weight_shape / block_size)``.
+    """
+    scale = np.asarray(scale, dtype=np.float32)
+    kind = scale_kind(scale.shape, weight_shape)
+    if kind == "tensor":
+        return scale.reshape(()), None
+    if kind == "channel":
+        return scale.reshape(weight_shape[0], 1), None
+    grid = tuple(-(-d // b) for d, b in zip(weight_shape, block_size))
+    if scale.shape != grid:
+        raise ValueError(
+            f"block scale of shape {scale.shape} does not match weight {weight_shape} "
+            f"in blocks of {block_size} (expected {grid})"
+        )
+    return scale, tuple(block_size)
+
+
+def dequantize(
+    w: jax.Array,
+    scale: jax.Array,
+    block_size: tuple[int, int] | None = None,
+    dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """``(w.astype(float32) * scale).astype(dtype)`` with ``scale`` expanded to ``w``'s shape.
+
+    Args:
+      w: FP8 ``[out, in]`` (or ``[vocab, dim]``).
+      scale: float32 ``()``, ``[out, 1]``, or ``[ceil(out / bo), ceil(in / bi)]`` blocks.
+      block_size: ``(bo, bi)`` for a block scale, ``None`` for the others.
+      dtype: the result dtype.
+    """
+    scale = scale.astype(jnp.float32)
+    if block_size is not None:
+        bo, bi = block_size
+        scale = jnp.repeat(jnp.repeat(scale, bo, axis=0), bi, axis=1)
+        scale = scale[: w.shape[0], : w.shape[1]]
+    return (w.astype(jnp.float32) * scale).astype(dtype)
+
+
+def fp8_linear(
+    x: jax.Array,
+    w: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None = None,
+    *,
+    block_size: tuple[int, int] | None = None,
+    dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """``x @ dequantize(w, scale).T + bias``, float32 accumulation and result.
+
+    Args:
+      x: ``[..., in]`` activations.
+      w: ``[out, in]`` weight, FP8 (with ``scale``) or float (``scale=None``).
+      scale: see :func:`dequantize`; ``None`` for a float weight.
+      bias: float ``[out]`` or ``None``.
+      block_size: block shape of a block scale, ``None`` otherwise.
+      dtype: compute dtype of the dequantized weight and of ``x``.
+
+    Returns:
+      float32 ``[..., out]``.
+    """
+    if scale is None:
+        wd = w.astype(dtype)
+    else:
+        wd = dequantize(w, scale, block_size, dtype)
+    y = lax.dot_general(
+        x.astype(dtype),
+        wd,
+        (((x.ndim - 1,), (1,)), ((), ())),
+        preferred_element_type=jnp.float32,
+    )  # [..., out]
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y
+
+
+class _ScaledLinear(nnx.Module):
+    """Shared forward of every linear layer: ``fp8_linear(x, self.raw_weight(), scale, bias)``."""
+
+    in_features: int
+    out_features: int
+
+    def raw_weight(self) -> jax.Array:
+        """The ``[out, in]`` weight as an array (FP8 for quantized layers)."""
+        raise NotImplementedError
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        return fp8_linear(
+            x, self.raw_weight(), scale, bias, block_size=self.block_size, dtype=self.dtype
+        )
+
+
+def _bias_param(bias) -> nnx.Param | None:
+    return None if bias is None else nnx.Param(jnp.asarray(bias, jnp.float32))
+
+
+class Linear(_ScaledLinear):
+    """A float linear layer with the ``[out, in]`` layout and the numerics of :func:`fp8_linear`.
+
+    Used for weights a checkpoint keeps in BF16/FP32 (often ``lm_head``) and for models built
+    without quantization.
+    """
+
+    def __init__(self, weight, bias=None, *, dtype: Dtype = jnp.float32):
+        weight = jnp.asarray(weight)
+        self.out_features, self.in_features = weight.shape
+        self.weight = nnx.Param(weight)
+        self.scale = None
+        self.bias = _bias_param(bias)
+        self.block_size = None
+        self.dtype = dtype
+
+    @classmethod
+    def init(cls, in_features: int, out_features: int, rngs: nnx.Rngs, *, bias=False, **kw):
+        """Random ``N(0, 0.02)`` weights (and zero bias), as Hugging Face initialises them."""
+        w = 0.02 * jax.random.normal(rngs.params(), (out_features, in_features), jnp.float32)
+        return cls(w, jnp.zeros((out_features,)) if bias else None, **kw)
+
+    def raw_weight(self) -> jax.Array:
+        return self.weight[...]
+
+
+class Fp8Linear(_ScaledLinear):
+    """A linear layer with a raw FP8 ``[out, in]`` weight and its scale.
+
+    Args:
+      weight: FP8 ``[out, in]``.
+      scale: float ``()`` (per tensor), ``[out]`` / ``[out, 1]`` (per output channel, the
+        ``weight_scale`` of "FP8-dynamic" checkpoints) or ``[ceil(out/bo), ceil(in/bi)]``
+        (per block, ``weight_scale_inv`` with ``weight_block_size = block_size``).
+      bias: optional float ``[out]``.
+      block_size: block shape for block scales.
+      dtype: compute dtype (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        weight,
+        scale,
+        bias=None,
+        *,
+        block_size: tuple[int, int] = (128, 128),
+        dtype: Dtype = jnp.float32,
+    ):
+        weight = jnp.asarray(weight)
+        if weight.ndim != 2 or jnp.dtype(weight.dtype).itemsize != 1:
+            raise ValueError(f"Fp8Linear needs a 2-D FP8 weight, got {weight.dtype}{weight.shape}")
+        self.out_features, self.in_features = weight.shape
+        self.weight = Fp8Weight(weight)
+        scale, self.block_size = normalize_scale(scale, weight.shape, block_size)
+        self.scale = Fp8Scale(jnp.asarray(scale))
+        self.bias = _bias_param(bias)
+        self.dtype = dtype
+
+    @classmethod
+    def from_float(cls, w, bias=None, *, granularity="row", **kw) -> Fp8Linear:
+        """Quantizes a float ``[out, in]`` weight per row (or tensor) with ``quantize_fp8`` (lossy)."""
+        from ecf8_jax.quantize import quantize_fp8
+
+        q, s = quantize_fp8(np.asarray(w, np.float32), granularity=granularity)
+        return cls(q, s, bias, **kw)
+
+    def raw_weight(self) -> jax.Array:
+        return self.weight[...]
+
+
+class Ecf8Linear(_ScaledLinear):
+    """:class:`Fp8Linear` with the weight ECF8-coded; decoded in the forward pass.
+
+    Args:
+      weight: an :class:`~ecf8_jax.Ecf8Tensor` of an FP8 ``[out, in]`` weight.
+      scale, bias, block_size, dtype: as for :class:`Fp8Linear`.
+      implementation: decode backend passed to :func:`ecf8_jax.decode` (``None``: this
+        platform's kernel, else the jnp reference).
+    """
+
+    def __init__(
+        self,
+        weight: Ecf8Tensor,
+        scale,
+        bias=None,
+        *,
+        block_size: tuple[int, int] = (128, 128),
+        dtype: Dtype = jnp.float32,
+        implementation: str | None = None,
+    ):
+        if not isinstance(weight, Ecf8Tensor) or len(weight.shape) != 2:
+            raise ValueError("Ecf8Linear needs a 2-D Ecf8Tensor")
+        self.out_features, self.in_features = weight.shape
+        self.weight = Ecf8Weight(jax.tree.map(jnp.asarray, weight))
+        scale, self.block_size = normalize_scale(scale, weight.shape, block_size)
+        self.scale = Fp8Scale(jnp.asarray(scale))
+        self.bias = _bias_param(bias)
+        self.dtype = dtype
+        self.implementation = implementation
+
+    def raw_weight(self) -> jax.Array:
+        return decode(self.weight.get_value(), implementation=self.implementation)
+
+
+class _ScaledEmbed(nnx.Module):
+    """Shared forward of the embeddings: gather FP8 rows, dequantize them; ``attend`` for tied heads."""
+
+    def raw_table(self) -> jax.Array:
+        raise NotImplementedError
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """``[...]`` token ids to ``[..., dim]`` embeddings of ``dtype`` (float32 by default)."""
+        rows = jnp.take(self.raw_table(), ids, axis=0)
+        if self.scale is None:
+            return rows.astype(self.dtype)
+        scale = self.scale[...]
+        if scale.ndim:  # [vocab, 1], per row
+            scale = jnp.take(scale, ids, axis=0)
+        return (rows.astype(jnp.float32) * scale).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """``x @ table.T``: logits of a tied output head, float32 ``[..., vocab]``."""
+        scale = self.scale[...] if self.scale is not None else None
+        return fp8_linear(x, self.raw_table(), scale, dtype=self.dtype)
+
+
+class Embed(_ScaledEmbed):
+    """A float embedding table ``[vocab, dim]`` (an ``nnx.Param``)."""
+
+    def __init__(self, table, *, dtype: Dtype = jnp.float32):
+        self.table = nnx.Param(jnp.asarray(table))
+        self.num_embeddings, self.features = self.table.shape
+        self.scale = None
+        self.dtype = dtype
+
+    @classmethod
+    def init(cls, num_embeddings: int, features: int, rngs: nnx.Rngs, **kw) -> Embed:
+        """Random ``N(0, 0.02)`` table."""
+        return cls(0.02 * jax.random.normal(rngs.params(), (num_embeddings, features)), **kw)
+
+    def raw_table(self) -> jax.Array:
+        return self.table[...]
+
+
+def _embed_scale(scale, shape) -> jax.Array:
+    scale = np.asarray(scale, np.float32)
+    if scale.size == 1:
+        return jnp.asarray(scale.reshape(()))
+    if scale.size != shape[0]:
+        raise ValueError(f"embedding scale of shape {scale.shape} for a table of shape {shape}")
+    return jnp.asarray(scale.reshape(shape[0], 1))
+
+
+class Fp8Embed(_ScaledEmbed):
+    """An FP8 embedding table ``[vocab, dim]`` with a per-row (``[vocab, 1]``) or per-tensor scale."""
+
+    def __init__(self, table, scale, *, dtype: Dtype = jnp.float32):
+        table = jnp.asarray(table)
+        self.num_embeddings, self.features = table.shape
+        self.table = Fp8Weight(table)
+        self.scale = Fp8Scale(_embed_scale(scale, table.shape))
+        self.dtype = dtype
+
+    @classmethod
+    def from_float(cls, table, **kw) -> Fp8Embed:
+        """Quantizes a float table per row with ``quantize_fp8`` (lossy)."""
+        from ecf8_jax.quantize import quantize_fp8
+
+        q, s = quantize_fp8(np.asarray(table, np.float32), granularity="row")
+        return cls(q, s, **kw)
+
+    def raw_table(self) -> jax.Array:
+        return self.table[...]
+
+
+class Ecf8Embed(_ScaledEmbed):
+    """:class:`Fp8Embed` with the table ECF8-coded; the whole table is decoded per forward pass."""
+
+    def __init__(
+        self,
+        table: Ecf8Tensor,
+        scale,
+        *,
+        dtype: Dtype = jnp.float32,
+        implementation: str | None = None,
+    ):
+        if not isinstance(table, Ecf8Tensor) or len(table.shape) != 2:
+            raise ValueError("Ecf8Embed needs a 2-D Ecf8Tensor")
+        self.num_embeddings, self.features = table.shape
+        self.table = Ecf8Weight(jax.tree.map(jnp.asarray, table))
+        self.scale = Fp8Scale(_embed_scale(scale, table.shape))
+        self.dtype = dtype
+        self.implementation = implementation
+
+    def raw_table(self) -> jax.Array:
+        return decode(self.table.get_value(), implementation=self.implementation)
