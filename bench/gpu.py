@@ -43,6 +43,7 @@ BATCHES = (1, 8, 64, 512)
 SMOKE_DECODE_SIZES = (1 << 14,)
 SMOKE_MATMUL_SIZES = (256,)
 SMOKE_BATCHES = (1, 3)
+MATMUL_TILE_ROWS = 256  # tiles of 256 x 128: k = 4096 gives 16 row blocks to split over
 
 COLUMNS = [
     Column("op", "op"),
@@ -102,7 +103,7 @@ def bench_decode(size: int, repeats: int, interpret: bool) -> list[dict[str, Any
 def bench_matmul(k: int, batches, repeats: int, interpret: bool) -> list[dict[str, Any]]:
     n = k
     w = gaussian_fp8(k * n, seed=1).reshape(k, n)
-    t = jax.device_put(ecf8_jax.encode(w, layout="tiles"))
+    t = jax.device_put(ecf8_jax.encode(w, layout="tiles", chunk_steps=MATMUL_TILE_ROWS))
     w_bytes = jax.device_put(w.view(np.uint8))
     scale = jnp.ones((n,), jnp.float32)
     fused = jax.jit(

@@ -13,8 +13,10 @@ order (row blocks, then groups of 32 rows), and the float32 scale per output col
 once at the end. The same kernel fed raw FP8 tiles (``tile_source="raw"``) is the reference:
 same tiling, same accumulation order, so the fused result must be bit-identical to it.
 
-Backend: Triton, explicitly selected. Grid (N / 128, M / bm): program ``(cb, mb)`` owns one
-[bm, 128] output block and walks the row blocks of its column of tiles. Decoding a tile is
+Backend: Triton, explicitly selected. Grid (N / 128, M / bm, split): program ``(cb, mb, p)``
+owns one [bm, 128] output block and walks its share of the row blocks of that column of
+tiles; with ``split > 1`` (small m: every row block in parallel, the batch-1 GEMV case) the
+float32 partial sums are added by XLA in a fixed order before the scale. Decoding a tile is
 ``ecf8_decode``'s step (shared code), 32 steps per [32, 128] slab, assembled with selects.
 Rows past K (padding of the last row block) are zeroed before the dot, since padding slots
 decode to arbitrary bytes (possibly NaN). Untuned: no GPU was available to measure on.
@@ -37,7 +39,7 @@ SLAB_ROWS = SIGN_WORD_BITS  # rows of w per dot: one sign word's worth of steps
 LANES = 128
 
 
-def _matmul_kernel(*refs, tile_source, k, steps, row_blocks, col_blocks, fp8_dtype, block_m):
+def _matmul_kernel(*refs, tile_source, k, steps, row_blocks, col_blocks, fp8_dtype, block_m, split):
     if tile_source == "ecf8":
         (x_ref, scale_ref, offsets_ref, stream_ref, signs_ref, limits_ref, deltas_ref,
          symbols_ref, out_ref) = refs  # fmt: skip
@@ -49,6 +51,7 @@ def _matmul_kernel(*refs, tile_source, k, steps, row_blocks, col_blocks, fp8_dty
         x_ref, scale_ref, w_ref, out_ref = refs
     cb = pl.program_id(0)
     mb = pl.program_id(1)
+    part = pl.program_id(2)  # this program's share of the row blocks (split-k)
     groups = steps // SLAB_ROWS
     slab_row = lax.broadcasted_iota(jnp.int32, (SLAB_ROWS, LANES), 0)
 
@@ -95,9 +98,14 @@ def _matmul_kernel(*refs, tile_source, k, steps, row_blocks, col_blocks, fp8_dty
         _, acc = lax.fori_loop(0, groups, group_body, (state, acc))
         return acc
 
-    acc = lax.fori_loop(0, row_blocks, row_block_body, jnp.zeros((block_m, LANES), jnp.float32))
-    scale = scale_ref[pl.ds(cb * LANES, LANES)]
-    out_ref[...] = acc * scale[None, :]
+    per_part = -(-row_blocks // split)
+    first = part * per_part
+    last = jnp.minimum(first + per_part, row_blocks)
+    acc = lax.fori_loop(first, last, row_block_body, jnp.zeros((block_m, LANES), jnp.float32))
+    if split == 1:
+        out_ref[...] = acc * scale_ref[pl.ds(cb * LANES, LANES)][None, :]
+    else:  # partial sums; the caller adds them in a fixed order, then scales
+        out_ref[...] = acc[None]
 
 
 def tiled_matmul_gpu(
@@ -111,6 +119,7 @@ def tiled_matmul_gpu(
     steps: int,
     fp8_dtype,
     block_m: int | None = None,
+    split_k: int | None = None,
     num_warps: int = 4,
     interpret: bool = False,
 ) -> jax.Array:
@@ -127,6 +136,9 @@ def tiled_matmul_gpu(
       fp8_dtype: the weight's FP8 dtype.
       block_m: rows of x per program (>= 16 for Triton's dot); default: m rounded up to a
         power of two, between 16 and 64 (each row block of programs decodes the weight anew).
+      split_k: programs sharing one output block's row blocks (more parallelism for small m;
+        their float32 partial sums are added by XLA in a fixed order). Default: all row blocks
+        in parallel when m <= 64, else 1.
       num_warps: Triton warps per program.
       interpret: run in Pallas interpret mode.
 
@@ -138,6 +150,9 @@ def tiled_matmul_gpu(
         block_m = min(max(pl.next_power_of_2(m), 16), 64)
     row_blocks = -(-k // steps)
     col_blocks = n // LANES
+    if split_k is None:
+        split_k = row_blocks if m <= 64 else 1
+    split_k = max(1, min(split_k, row_blocks))
     m_pad = -(-m // block_m) * block_m
     x = jnp.pad(x.astype(jnp.bfloat16), ((0, m_pad - m), (0, row_blocks * steps - k)))
     if tile_source == "raw":
@@ -166,12 +181,19 @@ def tiled_matmul_gpu(
         col_blocks=col_blocks,
         fp8_dtype=fp8_dtype,
         block_m=block_m,
+        split=split_k,
     )
+    if split_k == 1:
+        out_shape = jax.ShapeDtypeStruct((m_pad, n), jnp.float32)
+        out_spec = pl.BlockSpec((block_m, LANES), lambda cb, mb, part: (mb, cb))
+    else:
+        out_shape = jax.ShapeDtypeStruct((split_k, m_pad, n), jnp.float32)
+        out_spec = pl.BlockSpec((1, block_m, LANES), lambda cb, mb, part: (part, mb, cb))
     out = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((m_pad, n), jnp.float32),
-        grid=(col_blocks, m_pad // block_m),
-        out_specs=pl.BlockSpec((block_m, LANES), lambda cb, mb: (mb, cb)),
+        out_shape=out_shape,
+        grid=(col_blocks, m_pad // block_m, split_k),
+        out_specs=out_spec,
         interpret=interpret,
         name="ecf8_matmul" if tile_source == "ecf8" else "fp8_tiled_matmul",
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
@@ -181,4 +203,6 @@ def tiled_matmul_gpu(
             bytes_accessed=int(x.size * 2 + sum(w.size * w.dtype.itemsize for w in weights)),
         ),
     )(x, jnp.asarray(scale, jnp.float32), *weights)
+    if split_k > 1:
+        out = out.sum(axis=0) * jnp.asarray(scale, jnp.float32)[None, :]
     return out[:m]

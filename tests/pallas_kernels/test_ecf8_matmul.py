@@ -109,3 +109,26 @@ def test_explicit_fused_kernel_fails_fast_without_a_gpu():
     t = ecf8_jax.encode(_weight(32, 128, E4M3, seed=5), layout="tiles", chunk_steps=32)
     with pytest.raises(ValueError, match="needs a GPU"):
         ecf8_jax.matmul(jnp.ones((1, 32)), t, implementation="pallas_gpu")
+
+
+@pytest.mark.parametrize("split_k", [1, 2, 3])
+def test_split_k_keeps_fused_and_raw_kernels_bit_identical(split_k):
+    k, n = 96, 256
+    w = _weight(k, n, E4M3, seed=6)
+    t = ecf8_jax.encode(w, layout="tiles", chunk_steps=32)
+    limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((5, k)), jnp.float32)
+    scale = jnp.asarray(np.random.default_rng(8).random(n) + 0.5, jnp.float32)
+    common = dict(k=k, n=n, steps=32, fp8_dtype=jnp.float8_e4m3fn, split_k=split_k)
+    fused = tiled_matmul_gpu(
+        x, scale, (t.chunk_offsets, t.stream, t.signs, limits, deltas, symbols),
+        tile_source="ecf8", interpret=ON_CPU, **common,
+    )  # fmt: skip
+    raw = tiled_matmul_gpu(
+        x, scale, (jnp.asarray(w.view(np.uint8)),), tile_source="raw", interpret=ON_CPU, **common
+    )
+    np.testing.assert_array_equal(
+        np.asarray(fused).view(np.uint32), np.asarray(raw).view(np.uint32)
+    )
+    xla = np.asarray(matmul_xla(x, scale, jnp.asarray(w.view(np.uint8)), E4M3))
+    np.testing.assert_allclose(np.asarray(fused), xla, rtol=1e-5, atol=1e-5)
