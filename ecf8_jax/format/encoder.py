@@ -127,9 +127,11 @@ def _encode_block(
     window = code_table[padded] << shift
     if ragged:
         window[padding] = 0
-    unit = (consumed >> 4) + lane_start
+    unit = (consumed >> 4).astype(np.intp)  # bincount's own index and weight types: no copies
+    unit += lane_start
+    weights = window.reshape(-1).astype(np.float64)
     size = int(lane_units.sum()) + 2
-    sums = np.bincount(unit.reshape(-1), weights=window.reshape(-1), minlength=size)
+    sums = np.bincount(unit.reshape(-1), weights=weights, minlength=size)
     sums = sums.astype(np.uint32)
     scratch = sums >> UNIT_BITS
     scratch[1:] |= sums[:-1] & 0xFFFF
