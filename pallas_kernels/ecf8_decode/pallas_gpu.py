@@ -25,7 +25,13 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.ecf8_decode.config import BlockSizes
-from pallas_kernels.ecf8_decode.reference import SIGN_WORD_BITS, LaneOps, decode_step, split_unit
+from pallas_kernels.ecf8_decode.reference import (
+    SIGN_WORD_BITS,
+    LaneOps,
+    decode_step,
+    kernel_arrays,
+    split_unit,
+)
 
 
 def gpu_lane_ops(stream_ref, symbols_ref) -> LaneOps:
@@ -90,9 +96,8 @@ def ecf8_decode_gpu(
     steps = groups * SIGN_WORD_BITS
     if chunks == 0:
         return jnp.zeros((0,), jnp.uint8)
-    stream = jnp.asarray(stream, jnp.uint32)
-    if stream.shape[0] == 0:
-        stream = jnp.zeros((1,), jnp.uint32)
+    arrays = kernel_arrays(stream, chunk_offsets, signs, limits, deltas, symbols)
+    stream, chunk_offsets, signs, limits, deltas, symbols = arrays
     out = pl.pallas_call(
         functools.partial(_decode_kernel, groups=groups),
         out_shape=jax.ShapeDtypeStruct((chunks, steps, lanes), jnp.uint8),
@@ -107,12 +112,5 @@ def ecf8_decode_gpu(
             transcendentals=0,
             bytes_accessed=int(stream.size * 4 + signs.size * 4 + chunks * steps * lanes),
         ),
-    )(
-        jnp.asarray(chunk_offsets, jnp.uint32),
-        stream,
-        jnp.asarray(signs, jnp.uint32),
-        jnp.asarray(limits, jnp.int32),
-        jnp.asarray(deltas, jnp.int32),
-        jnp.asarray(symbols, jnp.int32),
-    )
+    )(chunk_offsets, stream, signs, limits, deltas, symbols)
     return out.reshape(-1)

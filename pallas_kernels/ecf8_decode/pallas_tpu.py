@@ -26,7 +26,13 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.ecf8_decode.reference import SIGN_WORD_BITS, LaneOps, decode_step, split_unit
+from pallas_kernels.ecf8_decode.reference import (
+    SIGN_WORD_BITS,
+    LaneOps,
+    decode_step,
+    kernel_arrays,
+    split_unit,
+)
 
 SUBLANES = 8  # chunks per program: one per sublane of a 32-bit vreg
 ROW_WORDS = 128  # stream words per VMEM row
@@ -145,11 +151,13 @@ def ecf8_decode_tpu(
     steps = groups * SIGN_WORD_BITS
     if chunks == 0:
         return jnp.zeros((0,), jnp.uint8)
-    stream = jnp.asarray(stream, jnp.uint32)
-    num_units = max(2 * stream.shape[0], 1)
+    stream, chunk_offsets, signs, limits, deltas, symbols = kernel_arrays(
+        stream, chunk_offsets, signs, limits, deltas, symbols
+    )
+    num_units = 2 * stream.shape[0]
     rows = -(-stream.shape[0] // ROW_WORDS) + 2  # two spare rows: a window never runs off
     stream2d = jnp.pad(stream, (0, rows * ROW_WORDS - stream.shape[0])).reshape(rows, ROW_WORDS)
-    symbols_block = jnp.broadcast_to(jnp.asarray(symbols, jnp.int32)[None, :], (SUBLANES, lanes))
+    symbols_block = jnp.broadcast_to(symbols[None, :], (SUBLANES, lanes))
     kernel = functools.partial(_decode_kernel, chunks=chunks, groups=groups, num_units=num_units)
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=3,
@@ -174,11 +182,11 @@ def ecf8_decode_tpu(
             bytes_accessed=int(stream.size * 4 + signs.size * 4 + chunks * steps * lanes),
         ),
     )(
-        jnp.asarray(chunk_offsets, jnp.int32),
-        jnp.asarray(limits, jnp.int32),
-        jnp.asarray(deltas, jnp.int32),
+        chunk_offsets.astype(jnp.int32),
+        limits,
+        deltas,
         stream2d,
-        jnp.asarray(signs, jnp.uint32),
+        signs,
         symbols_block,
     )
     return out.reshape(-1)

@@ -133,6 +133,22 @@ def _xla_ops(stream, symbols, limits, deltas, use_table) -> LaneOps:
     )
 
 
+def kernel_arrays(stream, chunk_offsets, signs, limits, deltas, symbols):
+    """The six raw arrays as the decoders take them: uint32 stream (never empty: a malformed
+    tensor's clamped reads need a word to land on), uint32 offsets and signs, int32 tables."""
+    stream = jnp.asarray(stream, jnp.uint32)
+    if stream.shape[0] == 0:
+        stream = jnp.zeros((1,), jnp.uint32)
+    return (
+        stream,
+        jnp.asarray(chunk_offsets, jnp.uint32),
+        jnp.asarray(signs, jnp.uint32),
+        jnp.asarray(limits, jnp.int32),
+        jnp.asarray(deltas, jnp.int32),
+        jnp.asarray(symbols, jnp.int32),
+    )
+
+
 def ecf8_decode_reference(
     stream: jax.Array,
     chunk_offsets: jax.Array,
@@ -164,13 +180,9 @@ def ecf8_decode_reference(
     steps = groups * SIGN_WORD_BITS
     if chunks == 0:
         return jnp.zeros((0,), jnp.uint8)
-    stream = jnp.asarray(stream, jnp.uint32)
-    signs = jnp.asarray(signs, jnp.uint32)
-    if stream.shape[0] == 0:  # malformed: keep every read in bounds
-        stream = jnp.zeros((1,), jnp.uint32)
-    limits = jnp.asarray(limits, jnp.int32)
-    deltas = jnp.asarray(deltas, jnp.int32)
-    symbols = jnp.asarray(symbols, jnp.int32)
+    stream, chunk_offsets, signs, limits, deltas, symbols = kernel_arrays(
+        stream, chunk_offsets, signs, limits, deltas, symbols
+    )
 
     limit_list = [limits[k] for k in range(limits.shape[0])]
     delta_list = [deltas[k] for k in range(deltas.shape[0])]

@@ -33,7 +33,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.ecf8_decode.pallas_gpu import gpu_lane_ops
-from pallas_kernels.ecf8_decode.reference import SIGN_WORD_BITS, decode_step
+from pallas_kernels.ecf8_decode.reference import SIGN_WORD_BITS, decode_step, kernel_arrays
 
 SLAB_ROWS = SIGN_WORD_BITS  # rows of w per dot: one sign word's worth of steps
 LANES = 128
@@ -161,17 +161,10 @@ def tiled_matmul_gpu(
         weights = (w_bytes,)
     else:
         offsets, stream, signs, limits, deltas, symbols = weights
-        stream = jnp.asarray(stream, jnp.uint32)
-        if stream.shape[0] == 0:
-            stream = jnp.zeros((1,), jnp.uint32)
-        weights = (
-            jnp.asarray(offsets, jnp.uint32),
-            stream,
-            jnp.asarray(signs, jnp.uint32),
-            jnp.asarray(limits, jnp.int32),
-            jnp.asarray(deltas, jnp.int32),
-            jnp.asarray(symbols, jnp.int32),
+        stream, offsets, signs, limits, deltas, symbols = kernel_arrays(
+            stream, offsets, signs, limits, deltas, symbols
         )
+        weights = (offsets, stream, signs, limits, deltas, symbols)
     kernel = functools.partial(
         _matmul_kernel,
         tile_source=tile_source,
