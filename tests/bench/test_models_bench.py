@@ -1,0 +1,24 @@
+"""The model benchmark (bench/models.py) in smoke mode: rows, ratios, JSON output."""
+
+from __future__ import annotations
+
+import json
+
+from bench import models
+
+
+def test_smoke_rows_report_smaller_ecf8_weights_and_memory(tmp_path, capsys):
+    out = tmp_path / "models.json"
+    rows = models.main(
+        ["--smoke", "--repeats", "1", "--batches", "1,2", "--seq", "8", "--json", str(out)]
+    )
+    assert [(r["format"], r["batch"]) for r in rows] == [
+        ("fp8", 1), ("fp8", 2), ("ecf8", 1), ("ecf8", 2)
+    ]  # fmt: skip
+    fp8, ecf8 = rows[0], rows[2]
+    assert ecf8["coded_bytes"] < fp8["coded_bytes"] and ecf8["coded_vs_fp8"] < 0.95
+    assert ecf8["arg_bytes"] < fp8["arg_bytes"]
+    assert all(r["latency_ms"] > 0 for r in rows) and fp8["latency_vs_fp8"] == 1.0
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["benchmark"] == "models" and len(doc["rows"]) == 4
+    assert "tiny-llama" in capsys.readouterr().out

@@ -1,0 +1,153 @@
+"""Layers on FP8 weights: numerics of the three scale layouts, and ECF8 twins that are bit-identical."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from flax import nnx
+
+from ecf8_jax import nn as enn
+from ecf8_jax.format import Ecf8Tensor
+
+FP8 = ml_dtypes.float8_e4m3fn
+
+
+def bits(x) -> np.ndarray:
+    return np.asarray(x).view(np.uint32)
+
+
+def fp8_weight(rng, shape):
+    return (rng.standard_normal(shape) * 8).astype(FP8)
+
+
+def scales(rng, kind, shape):
+    out, inp = shape
+    if kind == "tensor":
+        return np.float32(0.01)
+    if kind == "channel":
+        return rng.uniform(0.001, 0.02, (out, 1)).astype(np.float32)
+    return rng.uniform(0.001, 0.02, (-(-out // 128), -(-inp // 128))).astype(np.float32)
+
+
+def dense_scale(kind, scale, shape):
+    if kind != "block":
+        return np.broadcast_to(scale, shape)
+    return np.repeat(np.repeat(scale, 128, 0), 128, 1)[: shape[0], : shape[1]]
+
+
+@pytest.mark.parametrize("kind", ["tensor", "channel", "block"])
+def test_fp8_linear_matches_numpy_dequantized_matmul(kind):
+    rng = np.random.default_rng(0)
+    shape = (300, 200)  # not multiples of 128: partial edge blocks
+    w, s = fp8_weight(rng, shape), scales(rng, kind, shape)
+    bias = rng.standard_normal(shape[0]).astype(np.float32)
+    x = rng.standard_normal((2, 5, shape[1])).astype(np.float32)
+    layer = enn.Fp8Linear(w, s, bias)
+    assert (layer.block_size is not None) == (kind == "block")
+    wd = w.astype(np.float64) * dense_scale(kind, s, shape)
+    np.testing.assert_allclose(layer(x), x @ wd.T + bias, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "channel", "block"])
+def test_ecf8_linear_is_bit_identical_to_fp8_linear_under_jit(kind):
+    rng = np.random.default_rng(1)
+    shape = (260, 130)
+    fp8 = enn.Fp8Linear(fp8_weight(rng, shape), scales(rng, kind, shape), np.ones(260))
+    ecf8 = enn.compress_layer(fp8)
+    assert isinstance(ecf8, enn.Ecf8Linear) and ecf8.block_size == fp8.block_size
+    x = rng.standard_normal((3, shape[1])).astype(np.float32)
+    f = nnx.jit(lambda m, x: m(x))
+    np.testing.assert_array_equal(bits(f(ecf8, x)), bits(f(fp8, x)))
+
+
+def test_bf16_compute_dtype_is_bit_identical_too():
+    rng = np.random.default_rng(2)
+    fp8 = enn.Fp8Linear(
+        fp8_weight(rng, (64, 96)), scales(rng, "channel", (64, 96)), dtype=jnp.bfloat16
+    )
+    ecf8 = enn.compress_layer(fp8)
+    x = rng.standard_normal((4, 96)).astype(np.float32)
+    f = jax.jit(lambda m, x: m(x))
+    y = f(fp8, x)
+    assert y.dtype == jnp.float32
+    np.testing.assert_array_equal(bits(f(ecf8, x)), bits(y))
+
+
+def test_embed_lookup_and_tied_attend_are_bit_identical():
+    rng = np.random.default_rng(3)
+    fp8 = enn.Fp8Embed.from_float(rng.standard_normal((500, 64)))
+    ecf8 = enn.compress_layer(fp8)
+    ids = jnp.array([[0, 7, 499], [3, 3, 42]])
+    f = nnx.jit(lambda m, ids: (m(ids), m.attend(m(ids))))
+    for a, b in zip(f(fp8, ids), f(ecf8, ids)):
+        np.testing.assert_array_equal(bits(a), bits(b))
+    table = np.asarray(fp8.table[...]).astype(np.float32) * np.asarray(fp8.scale[...])
+    np.testing.assert_array_equal(np.asarray(fp8(ids)), table[np.asarray(ids)])
+
+
+class _Tiny(nnx.Module):
+    def __init__(self, rng):
+        self.embed = enn.Fp8Embed.from_float(rng.standard_normal((50, 32)))
+        self.blocks = nnx.List(
+            [enn.Fp8Linear.from_float(rng.standard_normal((32, 32))) for _ in range(2)]
+        )
+        self.norm_w = nnx.Param(jnp.ones(32))
+        self.head = self.embed  # tied: one module at two paths
+
+    def __call__(self, ids):
+        h = self.embed(ids)
+        for b in self.blocks:
+            h = jax.nn.relu(b(h)) * self.norm_w[...]
+        return self.head.attend(h)
+
+
+def test_compress_model_converts_in_place_and_keeps_ties():
+    rng = np.random.default_rng(4)
+    model = _Tiny(rng)
+    ids = jnp.arange(6).reshape(2, 3)
+    f = nnx.jit(lambda m, ids: m(ids))
+    before = f(model, ids)
+    assert enn.compress_model(model) is model
+    assert isinstance(model.blocks[0], enn.Ecf8Linear)
+    assert isinstance(model.embed, enn.Ecf8Embed) and model.head is model.embed
+    np.testing.assert_array_equal(bits(f(model, ids)), bits(before))
+
+
+def test_compress_model_where_selects_layers():
+    model = _Tiny(np.random.default_rng(5))
+    enn.compress_model(model, where=lambda path, m: path.startswith("blocks.1"))
+    assert isinstance(model.blocks[0], enn.Fp8Linear)
+    assert isinstance(model.blocks[1], enn.Ecf8Linear)
+    assert isinstance(model.embed, enn.Fp8Embed)
+
+
+def test_compressed_weights_are_not_params():
+    model = enn.compress_model(_Tiny(np.random.default_rng(6)))
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert [p.shape for p in params] == [(32,)]  # only the float norm weight
+    ecf8 = nnx.state(model, enn.Ecf8Weight)
+    tensors = jax.tree.leaves(ecf8, is_leaf=lambda x: isinstance(x, Ecf8Tensor))
+    assert len(tensors) == 3 and all(isinstance(t, Ecf8Tensor) for t in tensors)
+    assert not jax.tree.leaves(nnx.state(model, enn.Fp8Weight))
+
+
+def test_jitted_forward_takes_compressed_arrays_and_decodes_inside():
+    model = enn.compress_model(_Tiny(np.random.default_rng(7)))
+    graphdef, state = nnx.split(model)
+    fwd = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))
+    ids = jnp.zeros((1, 4), jnp.int32)
+    args = jax.tree.leaves(state)
+    assert not any(jnp.dtype(a.dtype).itemsize == 1 and "float8" in str(a.dtype) for a in args)
+    assert {str(a.dtype) for a in args} >= {"uint32", "uint8", "float32"}
+    fwd(state, ids)
+    fwd(state, ids)
+    assert fwd._cache_size() == 1  # second call does not retrace
+
+
+def test_bad_block_scale_is_rejected():
+    w = np.zeros((300, 200), FP8)
+    with pytest.raises(ValueError, match="expected \\(3, 2\\)"):
+        enn.Fp8Linear(w, np.ones((2, 2), np.float32))
