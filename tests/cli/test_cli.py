@@ -232,14 +232,20 @@ def test_cast_fp8_row_is_lossy_labelled_and_verifiable(files):
     np.testing.assert_array_equal(tensors["b"], original["b"])
 
 
-def test_inspect_plot_without_matplotlib_fails_clearly(files, compressed):
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is not None:
-        pytest.skip("matplotlib is installed")
+def test_inspect_plot_writes_a_png_of_exponent_histogram_and_entropies(files, compressed):
     png = files / "plot.png"
-    proc = run("inspect", compressed[0], "--plot", png)
-    assert_one_line_error(proc.returncode, proc.stderr, "--plot needs matplotlib", png)
+    rc, out, err = main("inspect", compressed[0], "--plot", png)
+    assert rc == 0, err
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_inspect_plot_without_matplotlib_fails_clearly(files, compressed, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    png = files / "plot-missing.png"
+    rc, out, err = main("inspect", compressed[0], "--plot", png)
+    assert_one_line_error(rc, err, "--plot needs matplotlib", png)
 
 
 def test_stats_still_measures_fp8_tensors(files):
