@@ -2,7 +2,9 @@
 
 Commands::
 
-    ecf8 demo                               compress all-MiniLM-L6-v2 (per-row FP8), prove it lossless
+    ecf8 demo                               SmolLM2-135M: compress, prove lossless, generate from both
+    ecf8 generate [MODEL] --prompt TEXT     greedy generation from ECF8 weights (GGUF or HF folder)
+    ecf8 minilm                             compress all-MiniLM-L6-v2 (per-row FP8), prove it lossless
     ecf8 stats FILE                         measure the FP8 tensors of a safetensors file
     ecf8 compress SRC OUT [--cast fp8-row]  safetensors file or model folder -> ECF8 checkpoint
     ecf8 decompress OUT DST                 ECF8 checkpoint -> the original safetensors, byte for byte
@@ -602,7 +604,7 @@ def _compress_and_check(named: dict[str, np.ndarray], quiet: bool) -> tuple[list
     return rows, raw_total, ecf8_total
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_minilm(args: argparse.Namespace) -> int:
     """Compresses all-MiniLM-L6-v2's linear weights (per-row FP8) and proves it lossless."""
     from ecf8_jax.models_data import minilm_linear_weights
     from ecf8_jax.quantize import quantize_fp8
@@ -643,9 +645,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecf8", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="compress the embedded default model and verify it")
+    from ecf8_jax.cli_llm import add_commands
+
+    add_commands(sub)
+    demo = sub.add_parser("minilm", help="compress all-MiniLM-L6-v2 (per-row FP8), verify it")
     demo.add_argument("--quiet", action="store_true", help="print only the summary line")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_minilm)
     stats = sub.add_parser("stats", help="measure the FP8 tensors of a safetensors file")
     stats.add_argument("file")
     stats.add_argument("--quiet", action="store_true")
