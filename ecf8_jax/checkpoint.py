@@ -589,6 +589,43 @@ def restore(
 # ----------------------------------------------------------------------------- manager
 
 
+def save_model(path: str | os.PathLike, model, **kwargs) -> Path:
+    """Saves a whole Flax NNX model's state (ECF8 weights stay compressed) with :func:`save`.
+
+    Args:
+      path: the checkpoint folder.
+      model: an ``nnx.Module``.
+      **kwargs: ``metadata``, ``overwrite`` (see :func:`save`).
+    """
+    from flax import nnx
+
+    return save(path, nnx.state(model).to_pure_dict(), **kwargs)
+
+
+def restore_model(path: str | os.PathLike, model, **kwargs):
+    """Loads a checkpoint written by :func:`save_model` into ``model``, in place.
+
+    ``model`` gives the expected structure: a checkpoint of another model (a missing or extra
+    layer, another shape, dtype or layout, FP8 where ECF8 is expected) is refused with a
+    ``FormatError`` naming the item, before anything is changed.
+
+    Args:
+      path: the checkpoint folder.
+      model: an ``nnx.Module`` of the same structure (its values are replaced).
+      **kwargs: ``sharding``, ``verify`` (see :func:`restore`).
+
+    Returns:
+      ``model``.
+    """
+    from flax import nnx
+
+    state = nnx.state(model)
+    restored = restore(path, target=state.to_pure_dict(), **kwargs)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    return model
+
+
 class CheckpointManager:
     """Numbered steps of ECF8 checkpoints in one folder (wraps ``ocp.CheckpointManager``).
 

@@ -1,0 +1,88 @@
+"""Whole NNX models through Orbax: a compressed model restores bit-exactly, or is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import ecf8_jax
+from ecf8_jax import checkpoint as ck
+from ecf8_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from ecf8_jax.nn import Ecf8Weight, compress_model
+
+CONFIG = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    tie_word_embeddings=False,
+)
+
+
+def _model(seed: int, **overrides) -> LlamaForCausalLM:
+    from ecf8_jax.io.hf import llama_from_tensors
+
+    config = LlamaConfig.from_hf({"model_type": "llama", **CONFIG, **overrides})
+    rng = np.random.default_rng(seed)
+    h, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    tensors = {"model.embed_tokens.weight": rng.standard_normal((v, h)).astype(np.float32)}
+    tensors["lm_head.weight"] = rng.standard_normal((v, h)).astype(np.float32)
+    tensors["model.norm.weight"] = np.ones(h, np.float32)
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        for name, shape in [
+            ("self_attn.q_proj", (h, h)), ("self_attn.k_proj", (kv, h)),
+            ("self_attn.v_proj", (kv, h)), ("self_attn.o_proj", (h, h)),
+            ("mlp.gate_proj", (f, h)), ("mlp.up_proj", (f, h)), ("mlp.down_proj", (h, f)),
+        ]:  # fmt: skip
+            tensors[p + name + ".weight"] = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        tensors[p + "input_layernorm.weight"] = np.ones(h, np.float32)
+        tensors[p + "post_attention_layernorm.weight"] = np.ones(h, np.float32)
+    return compress_model(llama_from_tensors(config, tensors, cast="fp8-row"))
+
+
+def _logits(model) -> np.ndarray:
+    tokens = jnp.arange(10, dtype=jnp.int32)[None] % CONFIG["vocab_size"]
+    return np.asarray(nnx.jit(lambda m, t: m(t)[0])(model, tokens))
+
+
+def test_a_compressed_model_restores_bit_exactly_into_another_instance(tmp_path):
+    saved = _model(0)
+    assert jax.tree_util.tree_leaves(nnx.state(saved, Ecf8Weight))
+    ck.save_model(tmp_path / "ckpt", saved)
+    other = _model(1)  # same structure, other weights
+    assert not np.array_equal(_logits(other), _logits(saved))
+    ck.restore_model(tmp_path / "ckpt", other)
+    np.testing.assert_array_equal(_logits(other).view(np.uint32), _logits(saved).view(np.uint32))
+
+
+def test_a_checkpoint_of_another_structure_is_refused_naming_the_item(tmp_path):
+    ck.save_model(tmp_path / "ckpt", _model(0))
+    wider = _model(1, intermediate_size=96)
+    before = _logits(wider)
+    with pytest.raises(ecf8_jax.FormatError, match="mlp"):
+        ck.restore_model(tmp_path / "ckpt", wider)
+    np.testing.assert_array_equal(_logits(wider), before)  # nothing was changed
+
+
+def test_a_corrupted_ecf8_weight_is_refused(tmp_path):
+    model = _model(0)
+    state = nnx.state(model).to_pure_dict()
+    leaves, treedef = jax.tree_util.tree_flatten(
+        state, is_leaf=lambda x: isinstance(x, ecf8_jax.Ecf8Tensor)
+    )
+    i = next(i for i, x in enumerate(leaves) if isinstance(x, ecf8_jax.Ecf8Tensor))
+    stream = np.array(leaves[i].stream)
+    stream[0] ^= 1
+    leaves[i] = dataclasses.replace(leaves[i], stream=stream)
+    ck.save(tmp_path / "ckpt", jax.tree_util.tree_unflatten(treedef, leaves))
+    with pytest.raises(ecf8_jax.FormatError, match="checksum"):
+        ck.restore_model(tmp_path / "ckpt", _model(1))
