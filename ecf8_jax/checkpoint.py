@@ -184,8 +184,11 @@ def _prepare(tree: Any, user_metadata: Mapping | None) -> tuple[dict, dict]:
             entry["leaves"] = {n: _leaf_meta(a, crc=False) for n, a in leaves.items()}
         else:
             value = _host(leaf)
-            if value.dtype == object:
-                raise TypeError(f"{item_name(path)!r}: cannot save an object array")
+            if value.dtype.kind in "OUS" or value.dtype.fields is not None:
+                raise TypeError(
+                    f"{item_name(path)!r}: cannot save an array of {value.dtype} "
+                    "(numbers, booleans and FP8 only)"
+                )
             leaves = {ARRAY_LEAF: value}
             entry = {"kind": "array", "leaves": {ARRAY_LEAF: _leaf_meta(value, crc=True)}}
         stored = {n: a for n, a in leaves.items() if a.size}
@@ -201,9 +204,17 @@ def _prepare(tree: Any, user_metadata: Mapping | None) -> tuple[dict, dict]:
     return arrays, meta
 
 
+def _as_dicts(tree: Any) -> Any:
+    """Any pytree of containers (tuples, NamedTuples such as optax states, lists, dicts) as
+    nested dicts with string keys (``flax.serialization.to_state_dict``); leaves unchanged."""
+    from flax import serialization
+
+    return serialization.to_state_dict(tree)
+
+
 def _save_args(tree: Any, user_metadata: Mapping | None):
     ocp = _ocp()
-    arrays, meta = _prepare(tree, user_metadata)
+    arrays, meta = _prepare(_as_dicts(tree), user_metadata)
     return ocp.args.Composite(
         **{
             ARRAYS_ITEM: ocp.args.StandardSave(arrays),
@@ -311,7 +322,9 @@ def save(
 
     Args:
       path: the checkpoint folder (must not exist unless ``overwrite``).
-      tree: nested dicts (str keys) of ``Ecf8Tensor``s and arrays.
+      tree: a pytree of ``Ecf8Tensor``s and arrays: nested dicts (str keys), or any containers
+        ``flax.serialization`` knows (tuples, NamedTuples such as optax states, lists), which
+        are stored as dicts and rebuilt by :func:`restore` given a ``target`` of that shape.
       metadata: JSON-serialisable data stored with the checkpoint (``read_metadata(p)["user"]``).
       overwrite: replace an existing checkpoint. The new one is written next to it first and
         swapped in by two renames, so an interrupted save leaves the old one in place.
@@ -491,7 +504,8 @@ def restore(
         ordinary arrays). ``Ecf8Tensor``s are always validated.
 
     Returns:
-      Nested dicts of ``Ecf8Tensor``s and arrays.
+      Nested dicts of ``Ecf8Tensor``s and arrays, or a tree shaped like ``target`` when it is
+      not a dict (an optax state, a tuple of parameters and state, ...).
 
     Raises:
       FormatError: naming the item when anything is missing, different from ``target``,
@@ -500,7 +514,9 @@ def restore(
     path = Path(path).absolute()
     meta = read_metadata(path)
     items = meta["items"]
+    template = target
     if target is not None:
+        target = _as_dicts(target)
         _check_target(items, target, path)
 
     # What Orbax should hold, from the format metadata; checked against Orbax's own metadata.
@@ -583,7 +599,20 @@ def restore(
             if not to_host:
                 value = _device_put(value, name, ARRAY_LEAF, sharding)
             pairs.append((tuple(item["path"]), value))
-    return _unflatten(pairs)
+    tree = _unflatten(pairs)
+    if template is not None:
+        from flax import serialization
+
+        return serialization.from_state_dict(template, _refill(target, tree))
+    return tree
+
+
+def _refill(target: Any, tree: Any) -> Any:
+    """``tree`` with the empty containers of ``target`` (e.g. optax's ``EmptyState``) back."""
+    if isinstance(target, Mapping) and not isinstance(target, Ecf8Tensor):
+        got = tree if isinstance(tree, Mapping) else {}
+        return {k: _refill(v, got.get(k, {})) for k, v in target.items()}
+    return tree
 
 
 # ----------------------------------------------------------------------------- manager

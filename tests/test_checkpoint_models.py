@@ -86,3 +86,24 @@ def test_a_corrupted_ecf8_weight_is_refused(tmp_path):
     ck.save(tmp_path / "ckpt", jax.tree_util.tree_unflatten(treedef, leaves))
     with pytest.raises(ecf8_jax.FormatError, match="checksum"):
         ck.restore_model(tmp_path / "ckpt", _model(1))
+
+
+def test_training_state_round_trips_as_the_same_pytree(tmp_path):
+    import optax
+
+    model = _model(0)
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+    opt_state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    _, opt_state = tx.update(grads, opt_state, params)
+    tree = {"model": nnx.state(model).to_pure_dict(), "opt_state": opt_state, "step": np.int32(7)}
+    ck.save(tmp_path / "train", tree)
+    back = ck.restore(tmp_path / "train", target=tree)
+    assert jax.tree.structure(back["opt_state"]) == jax.tree.structure(opt_state)
+    is_t = lambda x: isinstance(x, ecf8_jax.Ecf8Tensor)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(back, is_leaf=is_t), jax.tree.leaves(tree, is_leaf=is_t)):
+        if is_t(a):
+            a, b = np.asarray(a.stream), np.asarray(b.stream)
+        a, b = np.atleast_1d(np.asarray(a)), np.atleast_1d(np.asarray(b))
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
