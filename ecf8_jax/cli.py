@@ -6,7 +6,7 @@ Commands::
     ecf8 generate [MODEL] --prompt TEXT     greedy generation from ECF8 weights (GGUF or HF folder)
     ecf8 minilm                             compress all-MiniLM-L6-v2 (per-row FP8), prove it lossless
     ecf8 stats FILE                         measure the FP8 tensors of a safetensors file
-    ecf8 compress SRC OUT [--cast fp8-row]  safetensors file or model folder -> ECF8 checkpoint
+    ecf8 compress SRC OUT [--cast fp8-row]  safetensors file, model folder or GGUF -> ECF8 checkpoint
     ecf8 decompress OUT DST                 ECF8 checkpoint -> the original safetensors, byte for byte
     ecf8 verify OUT --against SRC           exit 0 only if every tensor decodes bit-identically
     ecf8 inspect OUT [--json] [--plot PNG]  sizes and entropies of a checkpoint
@@ -21,6 +21,11 @@ and names no embedding or norm is quantized to FP8 E4M3 with one float32 scale p
 then writes those two tensors instead of the original, and ``verify`` compares against the
 same quantization of the source.
 
+A GGUF ``SRC`` (llama.cpp) is read with the ``gguf`` package and dequantized to float32 under its
+GGUF tensor names (its block formats such as Q4_1 are not FP8); ``decompress`` then writes
+those float32 tensors as safetensors, and ``verify`` compares against the same dequantization.
+With ``--cast fp8-row`` its weight matrices become FP8 + scale as above.
+
 Every failure prints one line on stderr, exits non-zero and leaves no partial output.
 """
 
@@ -28,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import json
 import os
 import shutil
+import struct
 import sys
 import time
 import uuid
@@ -84,9 +91,11 @@ def _shape(shape) -> str:
 
 
 def _sources(src: Path) -> tuple[str, list[tuple[str, Path]], str | None]:
-    """(kind, [(file name, path)], index text) of a safetensors file or model folder."""
+    """(kind, [(file name, path)], index text) of a safetensors file, model folder or GGUF."""
     if not src.exists():
         raise CliError(f"{src}: no such file or folder")
+    if src.is_file() and src.suffix == ".gguf":
+        return "file", [(src.stem + ".safetensors", src)], None
     if src.is_file():
         return "file", [(src.name, src)], None
     index = src / INDEX_NAME
@@ -109,12 +118,42 @@ def _sources(src: Path) -> tuple[str, list[tuple[str, Path]], str | None]:
     return "folder", [(p.name, p) for p in files], None
 
 
+@functools.lru_cache(maxsize=2)
+def _gguf_tensors(path: Path) -> dict[str, np.ndarray]:
+    """A GGUF file's tensors, dequantized to float32 (GGUF's block formats are not FP8), under
+    their GGUF names, in numpy (row-major) shape order."""
+    try:
+        import gguf
+        from gguf.quants import dequantize
+    except ImportError:
+        raise CliError("reading GGUF needs the gguf package (pip install gguf)") from None
+    try:
+        reader = gguf.GGUFReader(path)
+        out = {}
+        for t in reader.tensors:
+            shape = tuple(int(d) for d in reversed(t.shape))
+            out[t.name] = np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(shape)
+    except (ValueError, KeyError, NotImplementedError, struct.error) as e:
+        raise CliError(f"{path}: not a readable GGUF file ({_one_line(e)})") from None
+    return out
+
+
+def _read_source(path: Path):
+    """(header, tensors) of one source file: safetensors as stored, GGUF as float32."""
+    from ecf8_jax.io import safetensors_raw as sr
+
+    if path.suffix == ".gguf":
+        tensors = _gguf_tensors(path)
+        return sr.make_header(tensors), tensors
+    return sr.read(path)
+
+
 def _read_headers(files: list[tuple[str, Path]], index_text: str | None):
     from ecf8_jax.io import safetensors_raw as sr
 
     headers, owner = {}, {}
     for name, path in files:
-        h = sr.read_header(path)
+        h = _read_source(path)[0] if path.suffix == ".gguf" else sr.read_header(path)
         for t in h.tensors:
             if t in owner:
                 raise CliError(f"tensor {t!r} is in both {owner[t]} and {name}")
@@ -192,7 +231,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     tree, tensor_meta, rows = {}, {}, []
     with _progress("compressing", total, args.quiet) as advance:
         for file_name, path in files:
-            _, tensors = sr.read(path)
+            _, tensors = _read_source(path)
             for name, arr in tensors.items():
                 info = headers[file_name].tensors[name]
                 meta = {"dtype": info.dtype, "shape": list(info.shape), "file": file_name}
@@ -431,7 +470,6 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0 only if every tensor of the checkpoint decodes bit-identically to SRC."""
     from ecf8_jax.format.tensor import Ecf8Tensor
-    from ecf8_jax.io import safetensors_raw as sr
 
     out, src = Path(args.out), Path(args.against)
     kind, files, index_text = _sources(src)
@@ -454,7 +492,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     total = sum(h.data_size for h in headers.values())
     with _progress("verifying", total, args.quiet) as advance:
         for file_name, path in files:
-            _, tensors = sr.read(path)
+            _, tensors = _read_source(path)
             for name, want in tensors.items():
                 leaf = tree[name]
                 got = decode(leaf) if isinstance(leaf, Ecf8Tensor) else np.asarray(leaf)
