@@ -28,8 +28,9 @@ import numpy as np
 from flax import nnx
 
 from ecf8_jax.io.safetensors import read_safetensors
-from ecf8_jax.models.llama import LlamaConfig, LlamaForCausalLM, rope_inv_freq
+from ecf8_jax.models.llama import DecoderLayer, LlamaConfig, LlamaForCausalLM, rope_inv_freq
 from ecf8_jax.nn.layers import Embed, Fp8Embed, Fp8Linear, Linear
+from ecf8_jax.nn.stack import stack_or_list
 
 Cast = Literal["fp8-row"] | None
 
@@ -112,7 +113,10 @@ def llama_from_tensors(
     model.embed_tokens = embed_from_tensors(
         tensors, "model.embed_tokens.weight", cast=cast, dtype=dtype
     )
-    for i, layer in enumerate(model.layers):
+    layers = []
+    for i in range(config.num_hidden_layers):
+        layer = nnx.eval_shape(lambda: DecoderLayer(config, nnx.Rngs(0), fp8=False))
+        layers.append(layer)
         p = f"model.layers.{i}"
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             setattr(
@@ -127,6 +131,7 @@ def llama_from_tensors(
         if config.qk_norm:
             layer.self_attn.q_norm.weight = _param(tensors[f"{p}.self_attn.q_norm.weight"])
             layer.self_attn.k_norm.weight = _param(tensors[f"{p}.self_attn.k_norm.weight"])
+    model.layers = stack_or_list(layers)  # scanned; a list if some layers differ (warns)
     model.norm.weight = _param(tensors["model.norm.weight"])
     if not config.tie_word_embeddings:
         model.lm_head = linear_from_tensors(tensors, "lm_head", **lin)

@@ -21,9 +21,10 @@ from flax import nnx
 
 from ecf8_jax.io.hf import Cast, _param, embed_from_tensors, linear_from_tensors, read_config
 from ecf8_jax.io.safetensors import read_safetensors
-from ecf8_jax.models.bert import BertConfig, BertModel
+from ecf8_jax.models.bert import BertConfig, BertLayer, BertModel
 from ecf8_jax.models_data import minilm_dir
 from ecf8_jax.nn.layers import Embed
+from ecf8_jax.nn.stack import stack_or_list
 
 
 def bert_from_tensors(
@@ -45,7 +46,10 @@ def bert_from_tensors(
     )
     model.embeddings_norm.weight = _param(tensors["embeddings.LayerNorm.weight"])
     model.embeddings_norm.bias = _param(tensors["embeddings.LayerNorm.bias"])
-    for i, layer in enumerate(model.layers):
+    layers = []
+    for i in range(config.num_hidden_layers):
+        layer = nnx.eval_shape(lambda: BertLayer(config, nnx.Rngs(0), fp8=False))
+        layers.append(layer)
         p = f"encoder.layer.{i}"
         for ours, theirs in (
             ("query", "attention.self.query"),
@@ -63,6 +67,7 @@ def bert_from_tensors(
             norm = getattr(layer, ours)
             norm.weight = _param(tensors[f"{p}.{theirs}.weight"])
             norm.bias = _param(tensors[f"{p}.{theirs}.bias"])
+    model.layers = stack_or_list(layers)  # scanned; a list if some layers differ (warns)
     return model
 
 

@@ -5,7 +5,8 @@ LayerNorm; ``num_hidden_layers`` blocks of self-attention → dense → residual
 GELU (erf) MLP → residual → LayerNorm. :meth:`BertModel.embed` adds sentence-transformers' mean
 pooling over the attention mask and L2 normalisation (the all-MiniLM-L6-v2 pipeline). All linear
 layers (and the word embedding, when FP8) go through :mod:`ecf8_jax.nn`, so an ECF8 model's
-outputs are bit-identical to the raw-FP8 one's.
+outputs are bit-identical to the raw-FP8 one's. The blocks are a :class:`~ecf8_jax.nn.Stacked` run
+under ``lax.scan`` (one block decoded at a time).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from flax import nnx
 
 from ecf8_jax.models.common import LayerNorm, attention, make_embed, make_linear
 from ecf8_jax.nn.layers import Embed
+from ecf8_jax.nn.stack import Stacked, scan_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +94,7 @@ class BertModel(nnx.Module):
         self.position_embeddings = Embed.init(c.max_position_embeddings, c.hidden_size, rngs)
         self.token_type_embeddings = Embed.init(c.type_vocab_size, c.hidden_size, rngs)
         self.embeddings_norm = LayerNorm(c.hidden_size, c.layer_norm_eps)
-        self.layers = nnx.List([BertLayer(c, rngs, fp8=fp8) for _ in range(c.num_hidden_layers)])
+        self.layers = Stacked([BertLayer(c, rngs, fp8=fp8) for _ in range(c.num_hidden_layers)])
 
     def __call__(
         self,
@@ -119,8 +121,7 @@ class BertModel(nnx.Module):
         )
         x = self.embeddings_norm(x)
         mask = jnp.broadcast_to(attention_mask.astype(bool)[:, None, :], (b, t, t))
-        for layer in self.layers:
-            x = layer(x, mask)
+        x, _ = scan_layers(self.layers, lambda layer, x, _: (layer(x, mask), None), x)
         return x
 
     def embed(

@@ -8,9 +8,13 @@ tied to the embedding or separate. Activations are float32; every projection goe
 :func:`ecf8_jax.nn.fp8_linear`, so a model whose layers were converted with
 :func:`ecf8_jax.nn.compress_model` gives bit-identical logits.
 
-KV cache: :func:`init_cache` allocates fixed-size per-layer buffers; ``model(tokens, cache=c)``
-writes the new keys/values at ``c.index`` and returns the updated cache, so a jitted step has
-static shapes. Padding is given by ``attention_mask`` (left padding for batched prompts); rotary
+Layers: the blocks are a :class:`~ecf8_jax.nn.Stacked` (variables with a leading layer axis) and
+run under ``lax.scan``: the block is compiled once and, in an ECF8 model, one block's weights are
+decoded per scan step, so a forward pass holds one decoded block at a time.
+
+KV cache: :func:`init_cache` allocates fixed-size buffers stacked over layers;
+``model(tokens, cache=c)`` writes the new keys/values at ``c.index`` and returns the updated
+cache, so a jitted step has static shapes. Padding is given by ``attention_mask`` (left padding for batched prompts); rotary
 positions count only the valid tokens.
 """
 
@@ -26,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from ecf8_jax.models.common import RMSNorm, attention, make_embed, make_linear
+from ecf8_jax.nn.stack import Stacked, scan_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,24 +142,23 @@ class KVCache(NamedTuple):
     """Fixed-size key/value buffers of every layer.
 
     Attributes:
-      k, v: per layer, float32 ``[batch, max_len, kv_heads, head_dim]``.
+      k, v: float32 ``[layers, batch, max_len, kv_heads, head_dim]``.
       valid: bool ``[batch, max_len]``, True at slots that hold a real (not padding) token.
       index: int32 scalar, the next slot to write.
     """
 
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
+    k: jax.Array
+    v: jax.Array
     valid: jax.Array
     index: jax.Array
 
 
 def init_cache(config: LlamaConfig, batch: int, max_len: int) -> KVCache:
     """An empty cache for ``batch`` sequences of up to ``max_len`` tokens."""
-    shape = (batch, max_len, config.num_key_value_heads, config.head_dim)
-    zeros = tuple(jnp.zeros(shape, jnp.float32) for _ in range(config.num_hidden_layers))
-    return KVCache(
-        zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32)
-    )  # fmt: skip
+    c = config
+    shape = (c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim)
+    zeros = jnp.zeros(shape, jnp.float32)
+    return KVCache(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
 
 
 class Attention(nnx.Module):
@@ -240,7 +244,7 @@ class LlamaForCausalLM(nnx.Module):
         c = config
         self.config = c
         self.embed_tokens = make_embed(c.vocab_size, c.hidden_size, rngs, fp8=fp8)
-        self.layers = nnx.List([DecoderLayer(c, rngs, fp8=fp8) for _ in range(c.num_hidden_layers)])
+        self.layers = Stacked([DecoderLayer(c, rngs, fp8=fp8) for _ in range(c.num_hidden_layers)])
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         if c.tie_word_embeddings:
             self.lm_head = None
@@ -284,17 +288,18 @@ class LlamaForCausalLM(nnx.Module):
         mask = causal[None] & valid[:, None, :]  # [batch, seq, kv_len]
         inv_freq = self.inv_freq[...]
         x = self.embed_tokens(tokens)
-        ks, vs = [], []
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, (k, v) = layer(x, positions, inv_freq, mask, kv, index)
-            ks.append(k)
-            vs.append(v)
+
+        def block(layer, x, kv):
+            x, kv = layer(x, positions, inv_freq, mask, kv, index)
+            return x, None if cache is None else kv
+
+        kvs = None if cache is None else (cache.k, cache.v)
+        x, kvs = scan_layers(self.layers, block, x, kvs)
         x = self.norm(x)
         logits = self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
         if cache is None:
             return logits, None
-        return logits, KVCache(tuple(ks), tuple(vs), valid, index + t)
+        return logits, KVCache(kvs[0], kvs[1], valid, index + t)
 
 
 def sample_token(logits: jax.Array, key: jax.Array | None, temperature: float, top_p: float | None):

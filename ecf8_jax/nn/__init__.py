@@ -23,6 +23,7 @@ from ecf8_jax.nn.layers import (
     dequantize,
     fp8_linear,
 )
+from ecf8_jax.nn.stack import Stacked, scan_layers, shard_model, stack_or_list
 
 __all__ = [
     "Ecf8Embed",
@@ -34,8 +35,12 @@ __all__ = [
     "Fp8Scale",
     "Fp8Weight",
     "Linear",
+    "Stacked",
     "compress_layer",
     "compress_model",
     "dequantize",
     "fp8_linear",
+    "scan_layers",
+    "shard_model",
+    "stack_or_list",
 ]

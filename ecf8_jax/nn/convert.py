@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -10,12 +11,17 @@ from flax import nnx
 from ecf8_jax.codec import pad_stream
 from ecf8_jax.format import encode
 from ecf8_jax.nn.layers import Ecf8Embed, Ecf8Linear, Fp8Embed, Fp8Linear
+from ecf8_jax.nn.stack import Stacked
 
 Where = Callable[[str, nnx.Module], bool]
 
 
 def _path_str(path: tuple) -> str:
     return ".".join(str(p) for p in path)
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
 
 
 def _set(node, key, value) -> None:
@@ -78,20 +84,50 @@ def compress_model(
 
     The conversion is lossless: the compressed model decodes bit-identical FP8 weights and runs
     the same matmul code, so its outputs are bit-identical to the raw-FP8 model's. A layer shared
-    by several paths (a tied embedding) is encoded once and stays shared.
+    by several paths (a tied embedding) is encoded once and stays shared. The layers of a
+    :class:`~ecf8_jax.nn.Stacked` are converted one by one and stacked again (their streams
+    zero-padded to the longest, see :func:`ecf8_jax.stack`).
 
     Args:
       model: any NNX module; modified in place.
       where: ``where(path, layer) -> bool`` selecting which FP8 layers to convert, ``path`` being
-        the dotted attribute path (``"layers.0.attn.q_proj"``); default: all of them.
+        the dotted attribute path (``"layers.0.attn.q_proj"``, also inside a stack); default: all
+        of them. In a stack it must choose alike in every layer.
       chunk_steps, pad, implementation: see :func:`compress_layer`.
 
     Returns:
       ``model`` (for chaining).
     """
+    # Stacks first: convert their layers one by one and stack the results again.
+    stacks = [(path, m) for path, m in nnx.iter_modules(model) if isinstance(m, Stacked)]
+    inside: set[int] = set()
+    for path, stacked in stacks:
+        prefix = _path_str(path)
+        layers = stacked.unstack()
+        for i, layer in enumerate(layers):
+            at = functools.partial(_join, prefix, str(i))
+            if isinstance(layer, Fp8Linear | Fp8Embed):  # a stack of bare linear layers
+                if where is None or where(at(""), layer):
+                    layers[i] = compress_layer(
+                        layer, chunk_steps=chunk_steps, pad=pad, implementation=implementation
+                    )
+                continue
+            sub = None if where is None else (lambda p, m, at=at: where(at(p), m))
+            compress_model(
+                layer, sub, chunk_steps=chunk_steps, pad=pad, implementation=implementation
+            )
+        try:
+            restacked = Stacked(layers)
+        except ValueError as e:
+            raise ValueError(
+                f"compress_model: after conversion the layers of the stack {prefix!r} differ "
+                "(`where` must select the same layers in each of them)"
+            ) from e
+        stacked.layer, stacked.fp8_leaves = restacked.layer, restacked.fp8_leaves
+        inside.update(id(m) for _, m in nnx.iter_modules(stacked.layer))
     # iter_modules yields each module once (at its first path); a shared layer is replaced at
     # every parent that refers to it, so walk each module's direct children.
-    parents = list(nnx.iter_modules(model))
+    parents = [(p, m) for p, m in nnx.iter_modules(model) if id(m) not in inside]
     paths: dict[int, str] = {}
     for path, module in parents:
         if path and isinstance(module, Fp8Linear | Fp8Embed):
@@ -99,7 +135,7 @@ def compress_model(
     done: dict[int, nnx.Module] = {}
     for _, parent in parents:
         for key, child in list(nnx.iter_children(parent)):
-            if not isinstance(child, Fp8Linear | Fp8Embed):
+            if not isinstance(child, Fp8Linear | Fp8Embed) or id(child) in inside:
                 continue
             if where is not None and not where(paths[id(child)], child):
                 continue

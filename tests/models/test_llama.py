@@ -165,3 +165,30 @@ def test_unsupported_configs_are_rejected():
         LlamaConfig.from_hf(dict(TINY, hidden_act="gelu"))
     with pytest.raises(ValueError, match="rope scaling"):
         LlamaConfig.from_hf(dict(TINY, rope_scaling=dict(rope_type="yarn", factor=4.0)))
+
+
+def _forward_memory(model, tokens):
+    graphdef, state = nnx.split(model)
+    fwd = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t)[0])
+    return fwd.lower(state, tokens).compile().memory_analysis()
+
+
+def test_ecf8_forward_holds_at_most_one_decoded_layer_more_than_fp8():
+    cfg = LlamaConfig.from_hf(
+        dict(TINY, hidden_size=256, intermediate_size=512, num_hidden_layers=4, vocab_size=256)
+    )
+    model = LlamaForCausalLM(cfg, nnx.Rngs(0))
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    fp8 = _forward_memory(model, tokens)
+    layer = sum(x.size for x in jax.tree.leaves(nnx.state(model.layers, enn.Fp8Weight)))
+    layer //= cfg.num_hidden_layers  # FP8 bytes of one decoded block
+    ecf8 = _forward_memory(enn.compress_model(model), tokens)
+    msg = (
+        f"temp bytes: fp8 {fp8.temp_size_in_bytes:,}, ecf8 {ecf8.temp_size_in_bytes:,}, one "
+        f"decoded layer {layer:,}; argument bytes fp8 {fp8.argument_size_in_bytes:,}, "
+        f"ecf8 {ecf8.argument_size_in_bytes:,}"
+    )
+    assert ecf8.temp_size_in_bytes <= fp8.temp_size_in_bytes + layer, msg
+    # Layer by layer, not all at once: less than two blocks dequantized to float32.
+    assert fp8.temp_size_in_bytes < 2 * 4 * layer, msg
+    assert ecf8.argument_size_in_bytes < 0.9 * fp8.argument_size_in_bytes, msg
