@@ -174,18 +174,29 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     device = jax.devices()[0].device_kind
     print(f"device: {device}, jax {jax.__version__}, interpret={interpret}", file=sys.stderr)
     rows = []
-    for size in decode_sizes:
-        print(f"decode {size} ...", file=sys.stderr, flush=True)
-        rows += bench_decode(size, repeats, interpret)
-    for k in matmul_sizes:
-        print(f"matmul k=n={k} ...", file=sys.stderr, flush=True)
-        rows += bench_matmul(k, batches, repeats, interpret)
+    # One failing section (a kernel Triton rejects, an out-of-memory) must not cost the rest of
+    # a scarce GPU run: it becomes a row naming the error, and the exit status says so.
+    sections = [(f"decode {s}", bench_decode, (s, repeats, interpret)) for s in decode_sizes]
+    sections += [
+        (f"matmul k=n={k}", bench_matmul, (k, batches, repeats, interpret)) for k in matmul_sizes
+    ]
+    for label, fn, fn_args in sections:
+        print(f"{label} ...", file=sys.stderr, flush=True)
+        try:
+            rows += fn(*fn_args)
+        except Exception as e:  # noqa: BLE001 - reported in the table, exit status 1
+            rows.append(
+                {"op": label.split()[0], "shape": label, "exact": f"ERROR {type(e).__name__}"}
+            )
+            print(f"{label}: {type(e).__name__}: {e}", file=sys.stderr)
     print(f"{device}: times are medians of {repeats}; GB/s of FP8 weights (copy: read+write).")
     print(format_table(rows, COLUMNS))
     if args.json is not None:
         write_json(args.json, rows, meta=run_metadata(device=device, smoke=args.smoke))
     if any(r.get("exact") == "False" for r in rows):
         raise SystemExit("a kernel's output differs from its reference (bit-exact column)")
+    if any(str(r.get("exact", "")).startswith("ERROR") for r in rows):
+        raise SystemExit("a benchmark section failed (see its row and stderr)")
     return rows
 
 

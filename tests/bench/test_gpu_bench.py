@@ -20,3 +20,19 @@ def test_gpu_bench_smoke_checks_every_kernel_bit_exactly(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["meta"]["smoke"] is True and len(doc["rows"]) == len(rows)
     assert "bit-exact" in capsys.readouterr().out
+
+
+def test_a_failing_section_becomes_an_error_row_and_the_run_fails(monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("Triton rejected the kernel")
+
+    monkeypatch.setattr(gpu, "bench_matmul", broken)
+    try:
+        gpu.main(["--smoke"])
+    except SystemExit as e:
+        assert "section failed" in str(e)
+    else:
+        raise AssertionError("expected a non-zero exit")
+    out = capsys.readouterr()
+    assert "ERROR RuntimeError" in out.out and "Triton rejected" in out.err
+    assert "decode" in out.out  # the other sections still ran and were printed
