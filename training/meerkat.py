@@ -18,6 +18,9 @@ Simulation here (:func:`federated_mezo`):
   every client's scalars to every client (so each client can rebuild the average itself), next to
   what sending the masked weights densely would cost.
 
+Meerkat-vp (``early_stop=EarlyStop(...)``): a client whose GradIP trajectory has converged stops
+training and communicating; the server averages the active clients only.
+
 Data: :func:`dirichlet_split` gives the usual non-IID label split (small ``alpha``: each client
 sees few classes; large: close to IID).
 """
@@ -81,6 +84,37 @@ def client_key(root_key: Array, round_: int | Array, client: int | Array, step: 
     )
 
 
+class EarlyStop(NamedTuple):
+    """Meerkat-vp: stop a client once its GradIP trajectory has converged.
+
+    GradIP settles for clients whose data is far from the pre-training distribution (extreme
+    non-IID) and keeps oscillating for the others; a settled client has little left to add, so
+    it stops training and communicating. Client ``k`` stops after round ``r`` (``r + 1 >=
+    min_rounds``) when the last ``window`` GradIP values have a standard deviation of at most
+    ``rel_tol`` times the mean magnitude of all its GradIP values so far.
+
+    Attributes:
+      window: GradIP values (rounds) the convergence test looks at.
+      rel_tol: how flat the window must be, relative to the client's typical |GradIP|.
+      min_rounds: rounds every client trains before it may stop.
+    """
+
+    window: int = 3
+    rel_tol: float = 0.1
+    min_rounds: int = 3
+
+
+def converged(history: np.ndarray, rule: EarlyStop) -> np.ndarray:
+    """Which clients' GradIP trajectories (``history``: float ``[rounds, clients]``) converged."""
+    history = np.asarray(history, np.float64)
+    rounds = history.shape[0]
+    if rounds < max(rule.min_rounds, rule.window, 1):
+        return np.zeros(history.shape[1], bool)
+    recent = history[-rule.window :]
+    scale = np.abs(history).mean(axis=0)
+    return recent.std(axis=0) <= rule.rel_tol * np.maximum(scale, np.finfo(np.float32).tiny)
+
+
 class RoundLog(NamedTuple):
     """What one federated round produced.
 
@@ -91,12 +125,15 @@ class RoundLog(NamedTuple):
         (``None`` without a pre-training gradient).
       client_params: the clients' own parameters at the end of the round, stacked on a
         ``[clients]`` axis (only with ``keep_client_params=True``; for checking the replay).
+      active: bool ``[clients]``, the clients that trained and communicated this round (all,
+        unless Meerkat-vp stopped some).
     """
 
     projected_grads: np.ndarray
     losses: np.ndarray
     gradip: np.ndarray | None
     client_params: PyTree | None = None
+    active: np.ndarray | None = None
 
 
 class FederatedResult(NamedTuple):
@@ -105,8 +142,9 @@ class FederatedResult(NamedTuple):
     Attributes:
       params: the server parameters after the last round.
       rounds: one :class:`RoundLog` per round.
-      uplink_bytes: total bytes clients sent (4 per local step per client).
-      downlink_bytes: total bytes the server sent (every client's scalars to every client).
+      uplink_bytes: total bytes clients sent (4 per local step per active client).
+      downlink_bytes: total bytes the server sent (every active client's scalars to every
+        active client).
       dense_bytes: what sending the masked weights (float32) both ways would have cost.
     """
 
@@ -141,6 +179,7 @@ def federated_mezo(
     pretrain_grad: PyTree | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     keep_client_params: bool = False,
+    early_stop: EarlyStop | None = None,
 ) -> FederatedResult:
     """Simulates Meerkat: K clients, masked ZO-SGD locally, scalar uplink, server replay.
 
@@ -156,6 +195,8 @@ def federated_mezo(
       pretrain_grad: ``jax.grad`` of the pre-training loss at ``params`` (for GradIP), or None.
       chunk_size: z chunk size.
       keep_client_params: store each round's client parameters in its :class:`RoundLog`.
+      early_stop: Meerkat-vp; stopped clients neither train, send nor count in the average
+        (needs ``pretrain_grad``).
 
     Returns:
       A :class:`FederatedResult`.
@@ -199,9 +240,15 @@ def federated_mezo(
         return final, gs, losses
 
     @jax.jit
-    def server(theta, gs, round_):
+    def server(theta, gs, round_, active):
         paths = jax.vmap(replay_path, in_axes=(None, 0, None, 0))(theta, gs, round_, clients)
-        return jax.tree.map(lambda x: jnp.mean(x, axis=0).astype(x.dtype), paths)
+        weights = active.astype(jnp.float32) / jnp.maximum(active.sum(), 1)
+
+        def average(x):
+            w = weights.reshape((-1,) + (1,) * (x.ndim - 1))
+            return jnp.sum(x.astype(jnp.float32) * w, axis=0).astype(x.dtype)
+
+        return jax.tree.map(average, paths)
 
     @jax.jit
     def gradip(gs, round_):
@@ -214,23 +261,37 @@ def federated_mezo(
 
         return jax.vmap(per_client)(gs, clients)
 
-    rounds = []
+    if early_stop is not None and pretrain_grad is None:
+        raise ValueError("early_stop (Meerkat-vp) needs pretrain_grad for GradIP")
+    rounds, history = [], []
+    active = np.ones(num_clients, bool)
+    uplink = downlink = dense = 0
     for r in range(num_rounds):
+        if not active.any():
+            break
         batches_r = jax.tree.map(lambda x, r=r: x[r], client_batches)
+        # Stopped clients are simulated with the others (vmap) but never sent or averaged.
         finals, gs, losses = run_clients(params, batches_r, r)  # only gs leave the clients
+        gs = jnp.where(jnp.asarray(active)[:, None], gs, 0.0)
         ip = None if pretrain_grad is None else np.asarray(gradip(gs, r))
-        params = server(params, gs, r)
+        params = server(params, gs, r, jnp.asarray(active))
         kept = finals if keep_client_params else None
-        rounds.append(RoundLog(np.asarray(gs), np.asarray(losses), ip, kept))
+        rounds.append(RoundLog(np.asarray(gs), np.asarray(losses), ip, kept, active.copy()))
+        n_active = int(active.sum())
+        uplink += BYTES_PER_SCALAR * local_steps * n_active
+        downlink += BYTES_PER_SCALAR * local_steps * n_active * n_active
+        dense += 2 * 4 * mask_count(mask, params) * n_active
+        if early_stop is not None:
+            history.append(np.where(active, ip, np.nan))
+            trajectory = np.stack(history)
+            active &= ~converged(np.nan_to_num(trajectory), early_stop)
 
-    scalars = num_rounds * num_clients * local_steps
-    nnz = mask_count(mask, params)
     return FederatedResult(
         params=params,
         rounds=rounds,
-        uplink_bytes=BYTES_PER_SCALAR * scalars,
-        downlink_bytes=BYTES_PER_SCALAR * scalars * num_clients,
-        dense_bytes=2 * 4 * nnz * num_clients * num_rounds,
+        uplink_bytes=uplink,
+        downlink_bytes=downlink,
+        dense_bytes=dense,
     )
 
 

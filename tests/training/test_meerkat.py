@@ -145,3 +145,65 @@ def test_bad_client_batches_are_rejected():
             learning_rate=0.1,
             root_key=jax.random.key(0),
         )
+
+
+def test_converged_flags_flat_gradip_trajectories_only():
+    rule = meerkat.EarlyStop(window=3, rel_tol=0.1, min_rounds=3)
+    flat = [1.0, 0.50, 0.50, 0.501]
+    wavy = [1.0, -0.8, 0.9, -1.1]
+    history = np.array([flat, wavy]).T  # [rounds, clients]
+    np.testing.assert_array_equal(meerkat.converged(history, rule), [True, False])
+    np.testing.assert_array_equal(meerkat.converged(history[:2], rule), [False, False])
+
+
+def _federated(data, early_stop=None, rounds=ROUNDS):
+    params, loss_fn, x, labels = make_task()
+    pretrain = (jnp.asarray(x[:200]), jnp.asarray(labels[:200]))
+    mask = training.gradient_mask(loss_fn, params, [pretrain], density=0.3)
+    return meerkat.federated_mezo(
+        loss_fn,
+        params,
+        jax.tree.map(lambda a: a[:rounds], data),
+        mask=mask,
+        eps=1e-3,
+        learning_rate=0.5,
+        root_key=jax.random.key(0),
+        pretrain_grad=jax.grad(loss_fn)(params, pretrain),
+        early_stop=early_stop,
+    )
+
+
+def _data(seed=0):
+    _, _, x, labels = make_task()
+    parts = meerkat.dirichlet_split(labels, CLIENTS, 0.1, seed=0)
+    return client_batches(x, labels, parts, seed=seed)
+
+
+def test_meerkat_vp_stopped_clients_neither_send_nor_count(monkeypatch):
+    # Stop client 0 after the first round, whatever its GradIP says.
+    monkeypatch.setattr(meerkat, "converged", lambda history, rule: np.arange(CLIENTS) == 0)
+    data = _data()
+    result = _federated(data, meerkat.EarlyStop())
+    assert [r.active.tolist() for r in result.rounds] == [
+        [True] * CLIENTS,
+        *[[False] + [True] * (CLIENTS - 1)] * (ROUNDS - 1),
+    ]
+    full = 4 * STEPS * CLIENTS * ROUNDS
+    assert result.uplink_bytes == full - 4 * STEPS * (ROUNDS - 1)
+    # Client 0's data after it stopped cannot change the model.
+    x, y = data
+    other = (x.at[1:, 0].set(x[1:, 0] * -3.0), y)
+    again = _federated(other, meerkat.EarlyStop())
+    for a, b in zip(jax.tree.leaves(result.params), jax.tree.leaves(again.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+
+
+def test_meerkat_vp_stopping_everyone_ends_the_run_where_it_stood():
+    data = _data()
+    stop_all = meerkat.EarlyStop(window=1, rel_tol=1e9, min_rounds=2)
+    stopped = _federated(data, stop_all)
+    assert len(stopped.rounds) == 2
+    baseline = _federated(data, None, rounds=2)
+    for a, b in zip(jax.tree.leaves(stopped.params), jax.tree.leaves(baseline.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+    assert stopped.uplink_bytes == baseline.uplink_bytes
