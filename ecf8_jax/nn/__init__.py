@@ -9,6 +9,7 @@ The short tour::
     y2 = nnx.jit(lambda m, x: m(x))(model, x)    # decodes inside the jitted forward; y2 == y bitwise
 """
 
+from ecf8_jax.nn.adapters import LoRA, SparseDelta, merge_delta
 from ecf8_jax.nn.convert import compress_layer, compress_model
 from ecf8_jax.nn.layers import (
     Ecf8Embed,
@@ -35,9 +36,12 @@ __all__ = [
     "Fp8Scale",
     "Fp8Weight",
     "Linear",
+    "LoRA",
+    "SparseDelta",
     "Stacked",
     "compress_layer",
     "compress_model",
+    "merge_delta",
     "dequantize",
     "fp8_linear",
     "scan_layers",
