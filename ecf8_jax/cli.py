@@ -4,6 +4,7 @@ Commands::
 
     ecf8 demo                               SmolLM2-135M: compress, prove lossless, generate from both
     ecf8 generate [MODEL] --prompt TEXT     greedy generation from ECF8 weights (GGUF or HF folder)
+    ecf8 finetune OUT [--model M]           MeZO on word polarity over a frozen ECF8 base
     ecf8 minilm                             compress all-MiniLM-L6-v2 (per-row FP8), prove it lossless
     ecf8 stats FILE                         measure the FP8 tensors of a safetensors file
     ecf8 compress SRC OUT [--cast fp8-row]  safetensors file, model folder or GGUF -> ECF8 checkpoint
@@ -70,9 +71,9 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def _progress(description: str, total: int, quiet: bool):
+def _progress(description: str, total: int, quiet: bool, min_total: int = PROGRESS_MIN_BYTES):
     """Yields ``advance(n)``; draws a rich progress bar on a terminal for long jobs."""
-    show = not quiet and total >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
+    show = not quiet and total >= min_total and sys.stderr.isatty()
     if show and importlib.util.find_spec("rich") is not None:
         from rich.progress import Progress
 

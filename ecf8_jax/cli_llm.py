@@ -161,7 +161,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
-    """Registers ``generate`` and ``demo`` on the ``ecf8`` parser."""
+    """Registers ``generate``, ``demo`` and ``finetune`` on the ``ecf8`` parser."""
+    add_finetune_command(sub)
     p = sub.add_parser("generate", help="greedy generation from a model with ECF8 weights")
     p.add_argument(
         "model", nargs="?", default=None, help="a .gguf file or HF model folder (default: SmolLM2)"
@@ -177,3 +178,115 @@ def add_commands(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--quiet", action="store_true", help="accepted for scripts; output is short")
     p.set_defaults(func=cmd_demo)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """MeZO fine-tuning on word polarity over a frozen ECF8 base (only ``nnx.Param`` trains)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    import training
+    from ecf8_jax import checkpoint
+    from ecf8_jax.nn import compress_model
+    from training.tasks import polarity
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ModelError(f"{out} already exists (pass --overwrite to replace it)")
+    model, tokenizer, name = load_causal_lm(args.model)
+    compress_model(model)
+    splits = polarity.load()
+    train, dev = splits["train"], splits["dev"][: args.eval_words]
+
+    def encode(text):
+        return tokenizer.encode(text).ids
+
+    length = max(
+        len(encode(polarity.PROMPT.format(word=e.word) + w))
+        for e in train + dev
+        for w in polarity.LABEL_WORDS
+    )
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def metrics(p, arrays):
+        tokens, targets, labels = arrays
+        batch = polarity.Batch(tokens, targets, labels)
+        b, _, t = tokens.shape
+        logits = nnx.merge(graphdef, p, rest)(tokens.reshape(b * 2, t))[0]
+        return polarity.loss_and_accuracy(logits, batch)
+
+    def arrays(examples):
+        batch = polarity.make_batch(examples, encode, length)
+        return jnp.asarray(batch.tokens), jnp.asarray(batch.targets), jnp.asarray(batch.labels)
+
+    evaluate = jax.jit(lambda p, a: metrics(p, a)[1])
+    dev_arrays = arrays(dev)
+    tx = optax.sgd(args.learning_rate)
+    step = training.mezo_step(lambda p, a: metrics(p, a)[0], tx, eps=args.eps)
+    opt_state = tx.init(params)
+    rng = np.random.default_rng(args.seed)
+    root = jax.random.key(args.seed)
+    history = {"step": [0], "dev_accuracy": [float(evaluate(params, dev_arrays))], "loss": []}
+    print(f"{name}: zero-shot dev accuracy {history['dev_accuracy'][0]:.3f} ({len(dev)} words)")
+    from ecf8_jax.cli import _progress
+
+    with _progress("fine-tuning", args.steps, args.quiet, min_total=0) as advance:
+        for t in range(args.steps):
+            picked = [train[i] for i in rng.choice(len(train), args.batch_size, replace=False)]
+            params, opt_state, loss = step(
+                params, opt_state, arrays(picked), training.step_key(root, t)
+            )
+            history["loss"].append(float(loss))
+            if (t + 1) % args.eval_every == 0 or t + 1 == args.steps:
+                history["step"].append(t + 1)
+                history["dev_accuracy"].append(float(evaluate(params, dev_arrays)))
+            advance(1)
+    nnx.update(model, params)
+    checkpoint.save_model(out, model, metadata={"task": "polarity", "history": history},
+                          overwrite=args.overwrite)  # fmt: skip
+    print(
+        f"after {args.steps} MeZO steps: dev accuracy {history['dev_accuracy'][-1]:.3f}, "
+        f"last loss {history['loss'][-1]:.4f}; checkpoint -> {out}"
+    )
+    if args.plot:
+        _plot_history(history, Path(args.plot))
+        print(f"plot -> {args.plot}")
+    return 0
+
+
+def _plot_history(history: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ModelError("--plot needs matplotlib, which is not installed") from None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.plot(np.arange(1, len(history["loss"]) + 1), history["loss"])
+    left.set(title="MeZO training loss", xlabel="step", ylabel="cross-entropy")
+    right.plot(history["step"], history["dev_accuracy"], marker="o")
+    right.set(title="dev accuracy", xlabel="step", ylabel="accuracy", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def add_finetune_command(sub) -> None:
+    """Registers ``finetune`` on the ``ecf8`` parser."""
+    p = sub.add_parser("finetune", help="MeZO fine-tuning on word polarity over a frozen ECF8 base")
+    p.add_argument("out", help="checkpoint folder to write")
+    p.add_argument("--model", default=None, help="a .gguf file or HF folder (default: SmolLM2)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--eps", type=float, default=1e-3)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-words", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default=None, metavar="FILE.png")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_finetune)
