@@ -125,15 +125,15 @@ def _gguf_tensors(path: Path) -> dict[str, np.ndarray]:
     their GGUF names, in numpy (row-major) shape order."""
     try:
         import gguf
-        from gguf.quants import dequantize
+
+        from ecf8_jax.io.gguf import dequantized
     except ImportError:
         raise CliError("reading GGUF needs the gguf package (pip install gguf)") from None
     try:
         reader = gguf.GGUFReader(path)
         out = {}
         for t in reader.tensors:
-            shape = tuple(int(d) for d in reversed(t.shape))
-            out[t.name] = np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(shape)
+            out[t.name] = dequantized(t)
     except (ValueError, KeyError, NotImplementedError, struct.error) as e:
         raise CliError(f"{path}: not a readable GGUF file ({_one_line(e)})") from None
     return out
@@ -195,14 +195,9 @@ def _cast_fp8_row(name: str, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _exponent_stats(q: np.ndarray) -> dict:
-    from ecf8_jax.format.constants import EXPONENT_BITS, MANTISSA_BITS
-    from ecf8_jax.format.encoder import dtype_name
-    from ecf8_jax.stats import entropy_bits
+    from ecf8_jax.stats import entropy_bits, exponent_histogram
 
-    name = dtype_name(q.dtype)
-    raw = q.reshape(-1).view(np.uint8)
-    ebits = EXPONENT_BITS[name]
-    hist = np.bincount((raw >> MANTISSA_BITS[name]) & ((1 << ebits) - 1), minlength=1 << ebits)
+    hist = exponent_histogram(q)
     return {"exponent_histogram": hist.tolist(), "exponent_entropy": entropy_bits(hist)}
 
 
@@ -533,10 +528,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.plot is not None:
-        if importlib.util.find_spec("matplotlib") is None:
-            raise CliError(
-                "--plot needs matplotlib, which is not installed (pip install matplotlib)"
-            )
+        _pyplot()  # fail before any work when matplotlib is missing
         _check_output(Path(args.plot), True)
     tree, user = _load(out, args.quiet)
     rows = []
@@ -587,12 +579,20 @@ def _itemsize(dtype: str) -> int:
     return sr.DTYPES[dtype].itemsize
 
 
-def _plot(rows: list[dict], path: Path) -> None:  # pragma: no cover - needs matplotlib
+def _pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or a one-line error when it is missing."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CliError("--plot needs matplotlib, which is not installed (pip install matplotlib)")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    plt = _pyplot()
     coded = [r for r in rows if r.get("exponent_histogram")]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     if coded:

@@ -189,12 +189,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     import training
     from ecf8_jax import checkpoint
+    from ecf8_jax.cli import _check_output, _progress, _pyplot
     from ecf8_jax.nn import compress_model
     from training.tasks import polarity
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ModelError(f"{out} already exists (pass --overwrite to replace it)")
+    _check_output(out, args.overwrite)
+    if args.plot:
+        _pyplot()  # fail before training when matplotlib is missing
+        _check_output(Path(args.plot), True)
     model, tokenizer, name = load_causal_lm(args.model)
     compress_model(model)
     splits = polarity.load()
@@ -230,8 +233,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     root = jax.random.key(args.seed)
     history = {"step": [0], "dev_accuracy": [float(evaluate(params, dev_arrays))], "loss": []}
     print(f"{name}: zero-shot dev accuracy {history['dev_accuracy'][0]:.3f} ({len(dev)} words)")
-    from ecf8_jax.cli import _progress
-
     with _progress("fine-tuning", args.steps, args.quiet, min_total=0) as advance:
         for t in range(args.steps):
             picked = [train[i] for i in rng.choice(len(train), args.batch_size, replace=False)]
@@ -257,13 +258,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _plot_history(history: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    from ecf8_jax.cli import _pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ModelError("--plot needs matplotlib, which is not installed") from None
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     left.plot(np.arange(1, len(history["loss"]) + 1), history["loss"])
     left.set(title="MeZO training loss", xlabel="step", ylabel="cross-entropy")

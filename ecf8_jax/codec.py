@@ -10,8 +10,8 @@ import numpy as np
 from jax import lax
 
 from ecf8_jax.format.codebook import canonical_tables
-from ecf8_jax.format.constants import DTYPES, LAYOUTS, SUPPORTED_VERSIONS
-from ecf8_jax.format.tensor import Ecf8Tensor, FormatError
+from ecf8_jax.format.constants import DTYPES
+from ecf8_jax.format.tensor import Ecf8Tensor, FormatError, check_known
 from pallas_kernels.ecf8_decode import api as decode_api
 from pallas_kernels.ecf8_matmul import api as matmul_api
 from pallas_kernels.ecf8_matmul.reference import tiles_to_matrix
@@ -39,14 +39,7 @@ def decode(
     Raises:
       FormatError: the version or dtype (static metadata) is unknown.
     """
-    if t.version not in SUPPORTED_VERSIONS:
-        raise FormatError(
-            f"unsupported ECF8 format version {t.version!r} (this build reads {SUPPORTED_VERSIONS})"
-        )
-    if t.dtype not in DTYPES:
-        raise FormatError(f"unknown dtype {t.dtype!r}; expected one of {sorted(DTYPES)}")
-    if t.layout not in LAYOUTS:
-        raise FormatError(f"unknown layout {t.layout!r}; expected one of {LAYOUTS}")
+    check_known(t)
     limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
     raw = decode_api.decode(
         t.stream,
@@ -136,9 +129,7 @@ def stack(tensors: list[Ecf8Tensor]) -> Ecf8Tensor:
         if t.metadata() != meta:
             raise FormatError(f"stack: tensor {i} has metadata {t.metadata()}, tensor 0 {meta}")
     width = max(int(t.stream.shape[0]) for t in tensors)
-    stream = np.stack(
-        [np.pad(np.asarray(t.stream), (0, width - t.stream.shape[0])) for t in tensors]
-    )
+    stream = np.stack([np.asarray(pad_stream(t, width).stream) for t in tensors])
 
     def leaf(name):
         return np.stack([np.asarray(getattr(t, name)) for t in tensors])

@@ -61,6 +61,15 @@ def breakdown(t: Ecf8Tensor) -> dict[str, int]:
     }
 
 
+def exponent_histogram(x) -> np.ndarray:
+    """int64[2**exponent_bits] counts of each exponent field value of an FP8 array."""
+    arr = _as_fp8_numpy(x)
+    name = dtype_name(arr.dtype)
+    ebits = EXPONENT_BITS[name]
+    exponent = (arr.reshape(-1).view(np.uint8) >> MANTISSA_BITS[name]) & ((1 << ebits) - 1)
+    return np.bincount(exponent, minlength=1 << ebits).astype(np.int64)
+
+
 def stats(x, *, encoded: Ecf8Tensor | None = None, **encode_options) -> Stats:
     """Measures an FP8 array and its ECF8 encoding.
 
@@ -75,9 +84,7 @@ def stats(x, *, encoded: Ecf8Tensor | None = None, **encode_options) -> Stats:
     arr = _as_fp8_numpy(x)
     name = dtype_name(arr.dtype)
     raw = arr.reshape(-1).view(np.uint8)
-    ebits = EXPONENT_BITS[name]
-    exponent = (raw >> MANTISSA_BITS[name]) & ((1 << ebits) - 1)
-    hist = np.bincount(exponent, minlength=1 << ebits).astype(np.int64)
+    hist = exponent_histogram(arr)
     t = encoded if encoded is not None else encode(arr, **encode_options)
     return Stats(
         size=int(arr.size),

@@ -166,6 +166,19 @@ def _expect(name: str, arr: np.ndarray, dtype, shape: tuple[int, ...] | None) ->
         raise FormatError(f"{name}: shape {arr.shape}, expected {shape}")
 
 
+def check_known(t: Ecf8Tensor) -> None:
+    """Refuses a version, dtype or layout this build does not know (static metadata only, so
+    it also runs under ``jit``: the decoder calls it)."""
+    if t.version not in SUPPORTED_VERSIONS:
+        raise FormatError(
+            f"unsupported ECF8 format version {t.version!r} (this build reads {SUPPORTED_VERSIONS})"
+        )
+    if t.dtype not in DTYPES:
+        raise FormatError(f"unknown dtype {t.dtype!r}; expected one of {sorted(DTYPES)}")
+    if t.layout not in LAYOUTS:
+        raise FormatError(f"unknown layout {t.layout!r}; expected one of {LAYOUTS}")
+
+
 def validate(t: Ecf8Tensor) -> Ecf8Tensor:
     """Checks every size and table of ``t`` before any decode.
 
@@ -180,16 +193,9 @@ def validate(t: Ecf8Tensor) -> Ecf8Tensor:
     """
     if not isinstance(t, Ecf8Tensor):
         raise FormatError(f"expected an Ecf8Tensor, got {type(t).__name__}")
-    if t.version not in SUPPORTED_VERSIONS:
-        raise FormatError(
-            f"unsupported ECF8 format version {t.version!r} (this build reads {SUPPORTED_VERSIONS})"
-        )
-    if t.dtype not in DTYPES:
-        raise FormatError(f"unknown dtype {t.dtype!r}; expected one of {sorted(DTYPES)}")
+    check_known(t)
     if not all(isinstance(d, int) and d >= 0 for d in t.shape):
         raise FormatError(f"shape {t.shape!r} must be non-negative integers")
-    if t.layout not in LAYOUTS:
-        raise FormatError(f"unknown layout {t.layout!r}; expected one of {LAYOUTS}")
     if t.layout == "tiles" and (len(t.shape) != 2 or t.shape[1] % LANES):
         raise FormatError(
             f"layout 'tiles' needs a 2-D shape whose last dimension is a multiple of {LANES}, "

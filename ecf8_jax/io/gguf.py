@@ -65,36 +65,48 @@ def unpermute_qk(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, out // heads // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
 
 
-def _field(reader, key, default=None):
+def metadata_field(reader, key, default=None):
+    """The value of a GGUF metadata key (``default`` when absent)."""
     field = reader.fields.get(key)
     return default if field is None else field.contents()
 
 
+def dequantized(tensor) -> np.ndarray:
+    """A GGUF tensor (any of its block formats) as float32, in numpy (row-major) shape order:
+    GGUF lists dimensions innermost first."""
+    from gguf.quants import dequantize
+
+    shape = tuple(int(d) for d in reversed(tensor.shape))
+    return np.asarray(dequantize(tensor.data, tensor.tensor_type), np.float32).reshape(shape)
+
+
 def gguf_config(reader) -> dict:
     """A Hugging Face style ``config.json`` dict from GGUF metadata (architecture llama/qwen3)."""
-    arch = _field(reader, "general.architecture", "llama")
+    arch = metadata_field(reader, "general.architecture", "llama")
     if arch not in ("llama", "qwen3", "qwen2"):
         raise ValueError(f"GGUF architecture {arch!r} is not supported")
     names = {t.name for t in reader.tensors}
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    heads = _field(reader, f"{arch}.attention.head_count")
-    hidden = _field(reader, f"{arch}.embedding_length")
+    heads = metadata_field(reader, f"{arch}.attention.head_count")
+    hidden = metadata_field(reader, f"{arch}.embedding_length")
     cfg = dict(
         model_type=arch,
-        vocab_size=int(_field(reader, f"{arch}.vocab_size", int(embd.shape[-1]))),
+        vocab_size=int(metadata_field(reader, f"{arch}.vocab_size", int(embd.shape[-1]))),
         hidden_size=hidden,
-        intermediate_size=_field(reader, f"{arch}.feed_forward_length"),
-        num_hidden_layers=_field(reader, f"{arch}.block_count"),
+        intermediate_size=metadata_field(reader, f"{arch}.feed_forward_length"),
+        num_hidden_layers=metadata_field(reader, f"{arch}.block_count"),
         num_attention_heads=heads,
-        num_key_value_heads=_field(reader, f"{arch}.attention.head_count_kv", heads),
-        head_dim=_field(reader, f"{arch}.attention.key_length", hidden // heads),
-        rms_norm_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-        max_position_embeddings=_field(reader, f"{arch}.context_length", 2048),
+        num_key_value_heads=metadata_field(reader, f"{arch}.attention.head_count_kv", heads),
+        head_dim=metadata_field(reader, f"{arch}.attention.key_length", hidden // heads),
+        rms_norm_eps=float(
+            metadata_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
+        ),
+        rope_theta=float(metadata_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        max_position_embeddings=metadata_field(reader, f"{arch}.context_length", 2048),
         tie_word_embeddings="output.weight" not in names,
         attention_bias="blk.0.attn_q.bias" in names,
-        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
+        bos_token_id=metadata_field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=metadata_field(reader, "tokenizer.ggml.eos_token_id"),
     )
     return cfg
 
@@ -103,7 +115,7 @@ def gguf_vocab(path: str | os.PathLike) -> list[str]:
     """The token strings (``tokenizer.ggml.tokens``) of a GGUF file, by id."""
     import gguf
 
-    return list(_field(gguf.GGUFReader(path), "tokenizer.ggml.tokens"))
+    return list(metadata_field(gguf.GGUFReader(path), "tokenizer.ggml.tokens"))
 
 
 def load_gguf_llama(
@@ -126,7 +138,6 @@ def load_gguf_llama(
       ValueError: an unsupported architecture.
     """
     import gguf
-    from gguf.quants import dequantize
 
     reader = gguf.GGUFReader(path)
     cfg = gguf_config(reader)
@@ -149,9 +160,7 @@ def load_gguf_llama(
             name = "lm_head.weight"
         else:
             continue
-        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-        if len(t.shape) >= 2:
-            w = w.reshape(int(t.shape[1]), int(t.shape[0]))  # GGUF lists dims innermost first
+        w = dequantized(t)
         if parts[0] == "blk" and parts[2] in ("attn_q", "attn_k") and parts[3] == "weight":
             heads = (
                 config.num_attention_heads if parts[2] == "attn_q" else config.num_key_value_heads

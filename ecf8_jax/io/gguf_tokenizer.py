@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import os
 
-
-def _field(reader, key):
-    field = reader.fields.get(key)
-    return None if field is None else field.contents()
+from ecf8_jax.io.gguf import metadata_field
 
 
 def gguf_tokenizer(path: str | os.PathLike):
@@ -27,11 +24,11 @@ def gguf_tokenizer(path: str | os.PathLike):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     reader = gguf.GGUFReader(path)
-    kind = _field(reader, "tokenizer.ggml.model")
+    kind = metadata_field(reader, "tokenizer.ggml.model")
     if kind != "gpt2":
         raise ValueError(f"{path}: tokenizer model {kind!r} is not byte-level BPE ('gpt2')")
-    tokens = list(_field(reader, "tokenizer.ggml.tokens"))
-    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
+    tokens = list(metadata_field(reader, "tokenizer.ggml.tokens"))
+    merges = [tuple(m.split(" ", 1)) for m in metadata_field(reader, "tokenizer.ggml.merges")]
     vocab = {token: i for i, token in enumerate(tokens)}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
