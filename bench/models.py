@@ -17,8 +17,9 @@ Columns, one row per model, batch and weight format (``fp8`` or ``ecf8``):
   and temporary sizes of the forward pass (ECF8: the decoded weights live in temporaries);
   ``arg_vs_fp8`` and ``temp_over_fp8`` compare them with the FP8 row of the same batch.
 - ``layer_bytes``: FP8 bytes of one decoded transformer block (the layers run under
-  ``lax.scan``, so the target is ``temp_over_fp8 <= layer_bytes``). The embedding table, when
-  ECF8, is decoded whole outside the scan and may be larger than a block.
+  ``lax.scan``, so the target is ``temp_over_fp8 <= layer_bytes``). An ECF8 embedding decodes
+  only the chunks holding the looked-up rows, or the table block by block, as the tied head
+  does (``ecf8_jax.nn.layers.EMBED_BLOCK_WEIGHTS`` at a time).
 - ``latency_ms``: median CPU wall time of the jitted forward; ``latency_vs_fp8``: ECF8 / FP8.
 """
 

@@ -10,7 +10,7 @@ The short tour::
     print(ecf8_jax.stats(w_fp8))          # entropies, bits/weight, byte breakdown
 """
 
-from ecf8_jax.codec import decode, matmul, pad_stream, stack
+from ecf8_jax.codec import decode, decode_chunks, matmul, pad_stream, stack
 from ecf8_jax.format import (
     FORMAT_VERSION,
     Ecf8Tensor,
@@ -29,6 +29,7 @@ __all__ = [
     "FormatError",
     "Stats",
     "decode",
+    "decode_chunks",
     "encode",
     "matmul",
     "pad_stream",

@@ -54,6 +54,47 @@ def decode(
     return lax.bitcast_convert_type(slots_to_tensor(raw, t), DTYPES[t.dtype])
 
 
+def decode_chunks(
+    t: Ecf8Tensor,
+    chunk_ids: jax.Array,
+    *,
+    implementation: str | None = None,
+    interpret: bool = False,
+) -> jax.Array:
+    """Decodes only the chunks ``chunk_ids`` of ``t``: their slots, in the order asked for.
+
+    Chunks are independent (each starts at its own stream offset with its own sign words), so
+    a few rows of a large table can be read without decoding the rest. Ids are clamped to
+    ``[0, C - 1]``: an out-of-range id reads the nearest chunk, never out of bounds.
+
+    Args:
+      t: the encoded tensor (any layout; slots are in the layout's chunk order).
+      chunk_ids: int[n] chunk indices (repeats allowed).
+      implementation, interpret: as for :func:`decode`.
+
+    Returns:
+      uint8[n, chunk_steps * 128]: the raw FP8 bit patterns of each chunk, trailing padding of
+      the last chunk included.
+    """
+    check_known(t)
+    chunks = t.signs.shape[0]
+    ids = jnp.clip(jnp.asarray(chunk_ids, jnp.int32).reshape(-1), 0, chunks - 1)
+    offsets = jnp.asarray(t.chunk_offsets)
+    offsets = jnp.concatenate([offsets[ids], offsets[-1:]])
+    limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
+    raw = decode_api.decode(
+        t.stream,
+        offsets,
+        jnp.asarray(t.signs)[ids],
+        limits,
+        deltas,
+        symbols,
+        implementation=implementation,
+        interpret=interpret,
+    )
+    return raw.reshape(ids.shape[0], -1)
+
+
 def slots_to_tensor(slots: jax.Array, t: Ecf8Tensor) -> jax.Array:
     """Reorders decoded chunk slots (uint8[C * S * 128]) into ``t``'s shape, dropping padding."""
     if t.layout == "tiles":

@@ -25,6 +25,7 @@ selects only the float (trainable) parameters: biases, norms, float layers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,7 +34,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from ecf8_jax.codec import decode
+from ecf8_jax.codec import decode, decode_chunks
+from ecf8_jax.format.constants import DTYPES, LANES
 from ecf8_jax.format.tensor import Ecf8Tensor
 
 Dtype = Any
@@ -279,15 +281,57 @@ class Ecf8Linear(_ScaledLinear):
         return decode(self.weight.get_value(), implementation=self.implementation)
 
 
+EMBED_BLOCK_WEIGHTS = 1 << 20
+"""Weights an embedding reads at once: rows per block of the tied head (``attend``), and the
+decoded chunks per step of a compressed lookup. Bounds the temporaries of both."""
+
+
 class _ScaledEmbed(nnx.Module):
-    """Shared forward of the embeddings: gather FP8 rows, dequantize them; ``attend`` for tied heads."""
+    """Shared forward of the embeddings: gather FP8 rows, dequantize them; ``attend`` for tied heads.
+
+    Subclasses say how to read the table: whole (:meth:`raw_table`), runs of rows
+    (:meth:`row_reader`) or the rows of given ids (:meth:`lookup_rows`). The head
+    (:meth:`attend`) runs over blocks of ``EMBED_BLOCK_WEIGHTS // dim`` rows in a loop, for the
+    raw and the compressed tables alike, so neither holds a whole dequantized table and both
+    compute every logit with the same dot.
+    """
 
     def raw_table(self) -> jax.Array:
         raise NotImplementedError
 
+    def row_reader(self) -> Callable[[jax.Array, int], jax.Array]:
+        """``read(start, count)``: rows ``[start, start + count)`` of the table (``start``
+        traced, ``count`` static). Made once outside a loop, called inside it.
+
+        An FP8 table goes into the loop as its uint8 bit patterns: XLA:CPU widens an FP8 array
+        that enters a loop to f16 first, a converted copy of the whole table.
+        """
+        table = self.raw_table()
+        if jnp.dtype(table.dtype).itemsize != 1:
+            return lambda start, count: lax.dynamic_slice_in_dim(table, start, count, axis=0)
+        bits = lax.bitcast_convert_type(table, jnp.uint8)
+        return lambda start, count: lax.bitcast_convert_type(
+            lax.dynamic_slice_in_dim(bits, start, count, axis=0), table.dtype
+        )
+
+    def lookup_rows(self, ids: jax.Array) -> jax.Array:
+        """``[N]`` valid token ids to their ``[N, dim]`` table rows (before scaling).
+
+        An FP8 table is gathered as uint8 (XLA:CPU would widen the whole table to f16 first).
+        """
+        table = self.raw_table()
+        if jnp.dtype(table.dtype).itemsize != 1:
+            return jnp.take(table, ids, axis=0)
+        rows = jnp.take(lax.bitcast_convert_type(table, jnp.uint8), ids, axis=0)
+        return lax.bitcast_convert_type(rows, table.dtype)
+
+    def rows_per_block(self) -> int:
+        """Rows of one :meth:`attend` block."""
+        return max(1, min(self.num_embeddings, EMBED_BLOCK_WEIGHTS // self.features))
+
     def __call__(self, ids: jax.Array) -> jax.Array:
         """``[...]`` token ids to ``[..., dim]`` embeddings of ``dtype`` (float32 by default)."""
-        rows = jnp.take(self.raw_table(), ids, axis=0)
+        rows = self.lookup_rows(ids.reshape(-1)).reshape(*ids.shape, self.features)
         if self.scale is None:
             return rows.astype(self.dtype)
         scale = self.scale[...]
@@ -296,9 +340,29 @@ class _ScaledEmbed(nnx.Module):
         return (rows.astype(jnp.float32) * scale).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        """``x @ table.T``: logits of a tied output head, float32 ``[..., vocab]``."""
+        """``x @ table.T``: logits of a tied output head, float32 ``[..., vocab]``.
+
+        Blocks of :meth:`rows_per_block` rows; the last block is the table's last rows (it
+        overlaps the one before when the block size does not divide the vocabulary).
+        """
+        vocab, rows = self.num_embeddings, self.rows_per_block()
         scale = self.scale[...] if self.scale is not None else None
-        return fp8_linear(x, self.raw_table(), scale, dtype=self.dtype)
+        read = self.row_reader()
+
+        def block(b):
+            start = jnp.minimum(b * rows, vocab - rows)
+            s = scale
+            if s is not None and s.ndim:
+                s = lax.dynamic_slice_in_dim(s, start, rows, axis=0)
+            return fp8_linear(x, read(start, rows), s, dtype=self.dtype)
+
+        blocks = -(-vocab // rows)
+        if blocks == 1:
+            return block(0)
+        ys = jnp.moveaxis(lax.map(block, jnp.arange(blocks)), 0, -2)  # [..., blocks, rows]
+        head = ys[..., :-1, :].reshape(*x.shape[:-1], (blocks - 1) * rows)
+        tail = ys[..., -1, rows * blocks - vocab :]
+        return jnp.concatenate([head, tail], axis=-1)
 
 
 class Embed(_ScaledEmbed):
@@ -351,7 +415,15 @@ class Fp8Embed(_ScaledEmbed):
 
 
 class Ecf8Embed(_ScaledEmbed):
-    """:class:`Fp8Embed` with the table ECF8-coded; the whole table is decoded per forward pass."""
+    """:class:`Fp8Embed` with the table ECF8-coded; only the chunks a forward pass needs decode.
+
+    A lookup of ``N`` ids decodes the (at most ``ceil(dim / chunk) + 1``) chunks that hold each
+    requested row when that is fewer than the table's chunks (short prompts, generation steps),
+    else the whole table block by block, picking the requested rows out of each block; the tied
+    head decodes block by block. Either way at most ``EMBED_BLOCK_WEIGHTS`` (plus a chunk) of
+    the table is decoded at a time. Rows are bit-identical to :class:`Fp8Embed`'s. Ids must be
+    valid (``0 <= id < vocab``); an invalid id reads some row, never out of bounds.
+    """
 
     def __init__(
         self,
@@ -371,3 +443,59 @@ class Ecf8Embed(_ScaledEmbed):
 
     def raw_table(self) -> jax.Array:
         return decode(self.table.get_value(), implementation=self.implementation)
+
+    def _chunks(self, first_row: jax.Array, rows: int) -> tuple[jax.Array, int]:
+        """Chunk ids ``[..., n]`` covering ``rows`` rows from ``first_row`` (``[...]``), and ``n``."""
+        t = self.table.get_value()
+        dim, chunk = self.features, t.chunk_steps * LANES
+        n = min(int(t.signs.shape[0]), -(-rows * dim // chunk) + 1)
+        c0 = jnp.minimum(first_row * dim // chunk, t.signs.shape[0] - n)
+        return c0[..., None] + jnp.arange(n), n
+
+    def _decode_rows(self, first_row: jax.Array, rows: int) -> jax.Array:
+        """uint8 ``[..., rows, dim]``: ``rows`` rows from each ``first_row`` (``[...]``)."""
+        t = self.table.get_value()
+        dim, chunk = self.features, t.chunk_steps * LANES
+        ids, n = self._chunks(first_row, rows)
+        slots = decode_chunks(t, ids, implementation=self.implementation)
+        slots = slots.reshape(*first_row.shape, n * chunk)
+        start = first_row * dim - ids[..., 0] * chunk
+        index = start[..., None] + jnp.arange(rows * dim)
+        return jnp.take_along_axis(slots, index, axis=-1).reshape(*first_row.shape, rows, dim)
+
+    def _as_fp8(self, slots: jax.Array) -> jax.Array:
+        return lax.bitcast_convert_type(slots, DTYPES[self.table.get_value().dtype])
+
+    def row_reader(self) -> Callable[[jax.Array, int], jax.Array]:
+        if self.table.get_value().layout != "flat":
+            return super().row_reader()
+        return lambda start, count: self._as_fp8(
+            self._decode_rows(jnp.asarray(start, jnp.int32), count)
+        )
+
+    def lookup_rows(self, ids: jax.Array) -> jax.Array:
+        t = self.table.get_value()
+        if t.layout != "flat":
+            return super().lookup_rows(ids)
+        ids = jnp.asarray(ids, jnp.int32)
+        num, chunk = ids.shape[0], t.chunk_steps * LANES
+        _, per_row = self._chunks(jnp.zeros((), jnp.int32), 1)
+        if num * per_row < t.signs.shape[0]:  # the chunks holding the asked rows
+            group = max(1, EMBED_BLOCK_WEIGHTS // (per_row * chunk))
+            group = min(group, num)
+            padded = jnp.pad(ids, (0, -num % group)).reshape(-1, group)
+            rows = lax.map(lambda g: self._decode_rows(g, 1)[:, 0], padded)
+            return self._as_fp8(rows.reshape(-1, self.features)[:num])
+        vocab, block = self.num_embeddings, self.rows_per_block()
+
+        def pick(out, b):  # every block of the table once; keep the asked rows in it
+            start = jnp.minimum(b * block, vocab - block)
+            rows = self._decode_rows(start, block)
+            local = ids - start
+            inside = (local >= 0) & (local < block)
+            picked = jnp.take(rows, jnp.clip(local, 0, block - 1), axis=0)
+            return jnp.where(inside[:, None], picked, out), None
+
+        init = jnp.zeros((num, self.features), jnp.uint8)
+        rows, _ = lax.scan(pick, init, jnp.arange(-(-vocab // block)))
+        return self._as_fp8(rows)

@@ -97,6 +97,7 @@ class Stacked(nnx.Module):
             leaves[k] = _bitcast(leaves[k], jnp.uint8)
         self.num_layers = len(layers)
         self.layer = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+        self.placement = None  # (mesh, axis) once shard_model splits the layers over a mesh
 
     def _split(self, f: Callable = lambda x: x):
         """``(graphdef, treedef, leaves)`` of the stored layer, ``f`` applied to every leaf, and
@@ -150,7 +151,62 @@ class Stacked(nnx.Module):
             layer, x = inputs
             return fn(nnx.merge(graphdef, restore(layer)), c, x)
 
-        return lax.scan(body, carry, (leaves, xs), length=self.num_layers, **kw)
+        if self.placement is None:
+            return lax.scan(body, carry, (leaves, xs), length=self.num_layers, **kw)
+        mesh, axis = self.placement
+        return _scan_placed(body, leaves, carry, xs, mesh, axis, self.num_layers, **kw)
+
+
+def _as_bits(x: jax.Array) -> jax.Array:
+    """``x``'s bit pattern as unsigned integers of at least 32 bits (what ``psum`` moves)."""
+    width = max(32, 8 * jnp.dtype(x.dtype).itemsize)
+    unsigned = jnp.dtype(f"uint{8 * jnp.dtype(x.dtype).itemsize}")
+    bits = x if x.dtype == unsigned else lax.bitcast_convert_type(x, unsigned)
+    return bits.astype(jnp.dtype(f"uint{width}"))
+
+
+def _from_bits(bits: jax.Array, dtype) -> jax.Array:
+    unsigned = jnp.dtype(f"uint{8 * jnp.dtype(dtype).itemsize}")
+    bits = bits.astype(unsigned)
+    return bits if jnp.dtype(dtype) == unsigned else lax.bitcast_convert_type(bits, dtype)
+
+
+def _scan_placed(body, leaves, carry, xs, mesh, axis: str, num_layers: int, **kw):
+    """``lax.scan(body, carry, (leaves, xs))`` with ``leaves`` split by layer over ``axis``.
+
+    Runs under ``shard_map``: at step ``i`` the device holding layer ``i`` contributes its
+    (compressed) leaves to a ``psum`` of bit patterns, every other device zeros, so each device
+    receives exactly that one layer (bit for bit) and never holds the whole stack. ``carry``,
+    ``xs`` and the outputs are replicated; every device runs every layer.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    per_device = num_layers // mesh.shape[axis]
+
+    def local(leaves, carry, xs):
+        me = lax.axis_index(axis)
+
+        def step(c, inputs):
+            i, x = inputs
+            owner = i // per_device
+
+            def fetch(leaf):
+                mine = lax.dynamic_index_in_dim(leaf, i % per_device, keepdims=False)
+                bits = jnp.where(me == owner, _as_bits(mine), 0)
+                return _from_bits(lax.psum(bits, axis), mine.dtype)
+
+            return body(c, ([fetch(leaf) for leaf in leaves], x))
+
+        return lax.scan(step, carry, (jnp.arange(num_layers), xs), **kw)
+
+    placed = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=([P(axis)] * len(leaves), P(), P()),
+        out_specs=(P(), P()),
+        check_vma=False,
+    )
+    return placed(leaves, carry, xs)
 
 
 def scan_layers(
@@ -197,10 +253,12 @@ def shard_model(model: nnx.Module, mesh: jax.sharding.Mesh, axis: str) -> nnx.Mo
     everything else (embeddings, the head, norms outside the stack) is replicated. A jitted
     forward then runs SPMD over the mesh with results bit-identical to one device.
 
-    What this buys is memory at rest (each device stores ``1 / n`` of the compressed layers);
-    in a forward pass XLA all-gathers the *compressed* stack before the layer loop (measured
-    on CPU: per-device temporaries grow by about the compressed stack), then every device
-    decodes and runs every layer. Pipelining one layer's gather per scan step is not done yet.
+    Each device stores ``1 / n`` of the compressed layers. In a forward pass the layer loop runs
+    under ``shard_map``: at each step the device holding that layer hands it (still compressed)
+    to the others, so a device holds its share of the stack plus one compressed layer in flight
+    and one decoded layer, never the whole stack; every device then decodes and runs that layer
+    on replicated activations (a layer-by-layer broadcast, not pipeline parallelism). Inputs
+    scanned along with the layers (a KV cache) enter and leave replicated.
 
     Args:
       model: modified in place.
@@ -217,8 +275,11 @@ def shard_model(model: nnx.Module, mesh: jax.sharding.Mesh, axis: str) -> nnx.Mo
     by_layer = NamedSharding(mesh, PartitionSpec(axis))
     for _, m in nnx.iter_modules(model):
         if isinstance(m, Stacked):
-            sharding = by_layer if m.num_layers % n == 0 else replicated
-            nnx.update(m.layer, jax.device_put(nnx.state(m.layer), sharding))
+            split = m.num_layers % n == 0
+            nnx.update(
+                m.layer, jax.device_put(nnx.state(m.layer), by_layer if split else replicated)
+            )
+            m.placement = (mesh, axis) if split and n > 1 else None
 
     def place(x):
         s = getattr(x, "sharding", None)

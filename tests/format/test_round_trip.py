@@ -253,3 +253,20 @@ def test_nan_signed_zero_subnormal_and_extremes_round_trip():
         where = rng.choice(raw.size, 400, replace=False)
         raw.reshape(-1)[where] = np.resize(np.array(patterns, np.uint8), where.size)
         _round_trip(raw.view(dtype), chunk_steps=32)
+
+
+def test_decode_chunks_returns_the_asked_chunks_in_order_and_clamps_ids():
+    rng = np.random.default_rng(11)
+    w = rng.integers(0, 256, 7 * 4096 + 100, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn)
+    t = ecf8_jax.encode(w, chunk_steps=32)  # 4096 weights per chunk, 8 chunks (last ragged)
+    slots = np.asarray(jax.jit(ecf8_jax.decode)(t)).view(np.uint8)
+    padded = np.zeros(8 * 4096, np.uint8)
+    padded[: w.size] = slots
+    expected = padded.reshape(8, 4096)
+    ids = jnp.array([7, 0, 3, 3, -4, 99])
+    got = np.asarray(jax.jit(ecf8_jax.decode_chunks)(t, ids))
+    assert got.shape == (6, 4096) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got[0, :100], expected[7, :100])  # the rest is padding
+    np.testing.assert_array_equal(got[1:4], expected[[0, 3, 3]])
+    np.testing.assert_array_equal(got[4], expected[0])  # clamped, never out of bounds
+    np.testing.assert_array_equal(got[5], got[0])

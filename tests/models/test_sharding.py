@@ -62,6 +62,26 @@ BODY = textwrap.dedent(
     for a, b, c in zip(sharded, one, fp8):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(b, c)
+
+    # Memory: a device receives one compressed layer per step, never the whole stack.
+    big = LlamaConfig.from_hf(dict(
+        vocab_size=96, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+
+    def temp_bytes(model):
+        graphdef, state = nnx.split(model)
+        fwd = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t)[0])
+        return fwd.lower(state, tokens).compile().memory_analysis().temp_size_in_bytes
+
+    model = enn.compress_model(LlamaForCausalLM(big, nnx.Rngs(0)))
+    stack = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model.layers)))
+    alone = temp_bytes(model)
+    enn.shard_model(model, mesh, "layers")
+    placed = temp_bytes(model)
+    model.layers.placement = None  # what plain SPMD does: gather the stack before the loop
+    gathered = temp_bytes(model)
+    assert placed < alone + stack // 8, (placed, alone, stack)
+    assert gathered > alone + stack // 2, (gathered, alone, stack)
     print("OK")
     """
 )

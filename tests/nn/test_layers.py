@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import ecf8_jax
 from ecf8_jax import nn as enn
 from ecf8_jax.format import Ecf8Tensor
 
@@ -151,3 +152,60 @@ def test_bad_block_scale_is_rejected():
     w = np.zeros((300, 200), FP8)
     with pytest.raises(ValueError, match="expected \\(3, 2\\)"):
         enn.Fp8Linear(w, np.ones((2, 2), np.float32))
+
+
+def _multi_chunk_embed(vocab=500, dim=72):
+    """A table of 9 chunks of 4096 weights whose rows straddle chunk boundaries (4096 % 72)."""
+    rng = np.random.default_rng(5)
+    fp8 = enn.Fp8Embed.from_float(rng.standard_normal((vocab, dim)))
+    ecf8 = enn.compress_layer(fp8, chunk_steps=32)
+    assert ecf8.table.get_value().signs.shape[0] == 9
+    return fp8, ecf8
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [[56, 0], [499, 113]],  # 4 rows x 2 chunks < 9 chunks: only those chunks decode
+        [list(range(0, 500, 25)), [56, 57, 113, 455, 499] * 4],  # 40 rows: block by block
+    ],
+)
+def test_compressed_lookup_decodes_rows_bit_identically_on_both_paths(ids, monkeypatch):
+    monkeypatch.setattr(enn.layers, "EMBED_BLOCK_WEIGHTS", 72 * 64)  # 8 blocks, last overlaps
+    fp8, ecf8 = _multi_chunk_embed()
+    ids = jnp.array(ids)
+    f = nnx.jit(lambda m, ids: m(ids))
+    want = np.asarray(fp8.table[...]).view(np.uint8)[np.asarray(ids)]
+    got = ecf8.lookup_rows(ids.reshape(-1)).reshape(want.shape)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint8), want)
+    np.testing.assert_array_equal(bits(f(fp8, ids)), bits(f(ecf8, ids)))
+
+
+def test_blocked_tied_head_is_bit_identical_and_matches_the_dense_product(monkeypatch):
+    monkeypatch.setattr(enn.layers, "EMBED_BLOCK_WEIGHTS", 72 * 64)  # 64 rows: 8 blocks
+    fp8, ecf8 = _multi_chunk_embed()
+    assert fp8.rows_per_block() == 64
+    x = np.random.default_rng(6).standard_normal((2, 3, 72)).astype(np.float32)
+    f = nnx.jit(lambda m, x: m.attend(x))
+    got = f(fp8, x)
+    assert got.shape == (2, 3, 500)
+    np.testing.assert_array_equal(bits(got), bits(f(ecf8, x)))
+    table = np.asarray(fp8.table[...]).astype(np.float64) * np.asarray(fp8.scale[...])
+    np.testing.assert_allclose(np.asarray(got), x @ table.T, rtol=1e-5, atol=1e-5)
+
+
+def test_short_lookup_decodes_far_less_than_the_table():
+    rng = np.random.default_rng(7)
+    fp8 = enn.Fp8Embed.from_float(rng.standard_normal((8192, 256)))  # 2 Mi weights, 16 chunks
+    ecf8 = enn.compress_layer(fp8)
+    ids = jnp.array([[5, 8000]])
+
+    def temp_bytes(m):
+        graphdef, state = nnx.split(m)
+        fn = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))
+        return fn.lower(state, ids).compile().memory_analysis().temp_size_in_bytes
+
+    table_bytes = 8192 * 256
+    assert temp_bytes(ecf8) < table_bytes // 2  # 4 chunks of 16 and their decoder state
+    whole = jax.jit(lambda t: ecf8_jax.decode(t)).lower(ecf8.table.get_value()).compile()
+    assert whole.memory_analysis().temp_size_in_bytes >= table_bytes  # what it used to cost
