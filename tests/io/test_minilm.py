@@ -88,3 +88,19 @@ def test_hidden_states_match_transformers_bert(batch):
     ours = np.asarray(minilm.load_minilm(cast=None)(ids, mask))
     valid = mask.astype(bool)
     np.testing.assert_allclose(ours[valid], ref[valid], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.torch
+def test_sentence_embeddings_match_sentence_transformers(embeddings):
+    import sentence_transformers  # the torch venv has it (extra "torch")
+
+    model = sentence_transformers.SentenceTransformer(str(minilm.minilm_dir()), device="cpu")
+    ref = model.encode(TEXTS, convert_to_numpy=True).astype(np.float64)
+    ours = embeddings["f32"].astype(np.float64)
+    cosine = (ours * ref).sum(-1) / np.linalg.norm(ours, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert cosine.min() >= 0.9999, cosine
+    # and the FP8 / ECF8 models (per-row FP8 weights: lossy) stay close to it
+    for name in ("fp8", "ecf8"):
+        e = embeddings[name].astype(np.float64)
+        cos = (e * ref).sum(-1) / np.linalg.norm(e, axis=-1) / np.linalg.norm(ref, axis=-1)
+        assert cos.min() >= 0.99, (name, cos)
