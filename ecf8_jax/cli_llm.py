@@ -180,8 +180,31 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_adapters(model, args) -> None:
+    """Wraps the ``--targets`` linear layers in the ``--adapter`` kind (see ``ecf8_jax.nn``)."""
+    from flax import nnx
+
+    from ecf8_jax import nn as enn
+
+    targets = {t.strip() for t in args.targets.split(",") if t.strip()}
+
+    def where(path, layer):
+        return path.rsplit(".", 1)[-1] in targets
+
+    if args.adapter == "lora":
+        rngs = nnx.Rngs(args.seed)
+        enn.add_lora(model, where=where, rank=args.lora_rank, alpha=args.lora_alpha, rngs=rngs)
+    else:
+        enn.add_sparse_delta(model, args.sparse_density, where=where)
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
-    """MeZO fine-tuning on word polarity over a frozen ECF8 base (only ``nnx.Param`` trains)."""
+    """MeZO fine-tuning on word polarity over a frozen ECF8 base.
+
+    Without ``--adapter`` the model's ``nnx.Param`` (norm scales) train; with ``--adapter lora``
+    or ``sparse`` only the adapters train, and they are merged into re-encoded ECF8 layers
+    (per-row FP8 requantization: lossy) before the checkpoint is written.
+    """
     import jax
     import jax.numpy as jnp
     import optax
@@ -190,7 +213,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     import training
     from ecf8_jax import checkpoint
     from ecf8_jax.cli import _check_output, _progress, _pyplot
-    from ecf8_jax.nn import compress_model
+    from ecf8_jax.nn import AdapterParam, compress_model, merge_adapters
     from training.tasks import polarity
 
     out = Path(args.out)
@@ -200,6 +223,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         _check_output(Path(args.plot), True)
     model, tokenizer, name = load_causal_lm(args.model)
     compress_model(model)
+    if args.adapter != "none":
+        _add_adapters(model, args)
     splits = polarity.load()
     train, dev = splits["train"], splits["dev"][: args.eval_words]
 
@@ -211,14 +236,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         for e in train + dev
         for w in polarity.LABEL_WORDS
     )
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    trainable = nnx.Param if args.adapter == "none" else AdapterParam
+    graphdef, params, rest = nnx.split(model, trainable, ...)
 
-    def metrics(p, arrays):
+    def model_metrics(m, arrays):
         tokens, targets, labels = arrays
         batch = polarity.Batch(tokens, targets, labels)
         b, _, t = tokens.shape
-        logits = nnx.merge(graphdef, p, rest)(tokens.reshape(b * 2, t))[0]
-        return polarity.loss_and_accuracy(logits, batch)
+        return polarity.loss_and_accuracy(m(tokens.reshape(b * 2, t))[0], batch)
+
+    def metrics(p, arrays):
+        return model_metrics(nnx.merge(graphdef, p, rest), arrays)
 
     def arrays(examples):
         batch = polarity.make_batch(examples, encode, length)
@@ -245,12 +273,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 history["dev_accuracy"].append(float(evaluate(params, dev_arrays)))
             advance(1)
     nnx.update(model, params)
-    checkpoint.save_model(out, model, metadata={"task": "polarity", "history": history},
-                          overwrite=args.overwrite)  # fmt: skip
     print(
         f"after {args.steps} MeZO steps: dev accuracy {history['dev_accuracy'][-1]:.3f}, "
-        f"last loss {history['loss'][-1]:.4f}; checkpoint -> {out}"
+        f"last loss {history['loss'][-1]:.4f}"
     )
+    if args.adapter != "none":
+        merge_adapters(model)
+        merged = nnx.jit(lambda m, a: model_metrics(m, a)[1])(model, dev_arrays)
+        history["merged_dev_accuracy"] = float(merged)
+        print(
+            f"merged the {args.adapter} adapters into re-encoded ECF8 layers (FP8 per row, "
+            f"lossy): dev accuracy {float(merged):.3f}"
+        )
+    metadata = {"task": "polarity", "adapter": args.adapter, "history": history}
+    checkpoint.save_model(out, model, metadata=metadata, overwrite=args.overwrite)
+    print(f"checkpoint -> {out}")
     if args.plot:
         _plot_history(history, Path(args.plot))
         print(f"plot -> {args.plot}")
@@ -282,6 +319,23 @@ def add_finetune_command(sub) -> None:
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-words", type=int, default=200)
+    p.add_argument(
+        "--adapter",
+        choices=("none", "lora", "sparse"),
+        default="none",
+        help="train the norm scales (none) or adapters on --targets, merged before saving",
+    )
+    p.add_argument(
+        "--targets", default="q_proj,v_proj", help="comma-separated linear layer names to adapt"
+    )
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument(
+        "--sparse-density",
+        type=float,
+        default=1e-3,
+        help="fraction of each target weight trained by --adapter sparse (largest |w|)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default=None, metavar="FILE.png")
     p.add_argument("--overwrite", action="store_true")

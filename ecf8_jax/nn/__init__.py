@@ -9,7 +9,17 @@ The short tour::
     y2 = nnx.jit(lambda m, x: m(x))(model, x)    # decodes inside the jitted forward; y2 == y bitwise
 """
 
-from ecf8_jax.nn.adapters import LoRA, SparseDelta, merge_delta
+from ecf8_jax.nn.adapters import (
+    AdapterParam,
+    LoRA,
+    SparseDelta,
+    add_lora,
+    add_sparse_delta,
+    linear_weights,
+    merge_adapters,
+    merge_delta,
+    merge_lora,
+)
 from ecf8_jax.nn.convert import compress_layer, compress_model
 from ecf8_jax.nn.layers import (
     Ecf8Embed,
@@ -27,6 +37,7 @@ from ecf8_jax.nn.layers import (
 from ecf8_jax.nn.stack import Stacked, scan_layers, shard_model, stack_or_list
 
 __all__ = [
+    "AdapterParam",
     "Ecf8Embed",
     "Ecf8Linear",
     "Ecf8Weight",
@@ -39,9 +50,14 @@ __all__ = [
     "LoRA",
     "SparseDelta",
     "Stacked",
+    "add_lora",
+    "add_sparse_delta",
     "compress_layer",
     "compress_model",
+    "linear_weights",
+    "merge_adapters",
     "merge_delta",
+    "merge_lora",
     "dequantize",
     "fp8_linear",
     "scan_layers",

@@ -92,3 +92,49 @@ def test_finetune_runs_mezo_over_the_frozen_base_and_writes_checkpoint_and_plot(
         for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(untouched), strict=True)
     ]
     assert any(changed)  # MeZO moved the float parameters (norm scales)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "sparse"])
+def test_finetune_trains_only_the_adapters_and_saves_them_merged(tiny_llama, tmp_path, adapter):
+    import jax
+    from flax import nnx
+
+    from ecf8_jax import Ecf8Tensor, checkpoint, decode
+    from ecf8_jax.cli_llm import load_causal_lm
+    from ecf8_jax.nn import compress_model
+
+    out = tmp_path / adapter
+    rc, stdout, err = main(
+        "finetune", out, "--model", tiny_llama, "--steps", 3, "--eval-every", 3,
+        "--eval-words", 8, "--batch-size", 4, "--learning-rate", 0.05, "--quiet",
+        "--adapter", adapter, "--sparse-density", 0.01,
+    )  # fmt: skip
+    assert rc == 0, err
+    assert f"merged the {adapter} adapters into re-encoded ECF8 layers" in stdout
+    meta = checkpoint.read_metadata(out)["user"]
+    assert meta["adapter"] == adapter and 0 <= meta["history"]["merged_dev_accuracy"] <= 1
+
+    def flat(tree):
+        leaves = jax.tree_util.tree_leaves_with_path(
+            tree, is_leaf=lambda x: isinstance(x, Ecf8Tensor)
+        )
+        return {".".join(str(getattr(k, "key", k)) for k in p): v for p, v in leaves}
+
+    saved = flat(checkpoint.restore(out))
+    base = flat(nnx.to_pure_dict(nnx.state(compress_model(load_causal_lm(str(tiny_llama))[0]))))
+    # Merged: the checkpoint holds the base model's items, no adapter.
+    assert saved.keys() == base.keys()
+    targets = [k for k in base if k.endswith(("q_proj.weight", "v_proj.weight"))]
+    assert len(targets) == 2
+    for k, v in base.items():
+        if k in targets:  # trained, merged and re-encoded
+            assert isinstance(saved[k], Ecf8Tensor)
+            got, want = (np.asarray(jax.vmap(decode)(t)) for t in (saved[k], v))  # [layers, ...]
+            assert got.shape == want.shape and (got.view(np.uint8) != want.view(np.uint8)).any()
+        elif k.endswith("scale") and any(k.startswith(t[: -len("weight")]) for t in targets):
+            continue  # the merged layers' new per-row scales
+        else:  # everything else, norms included, is bit-identical
+            a, b = ([np.asarray(x) for x in jax.tree.leaves(t)] for t in (saved[k], v))
+            assert [(x.dtype, x.shape, x.tobytes()) for x in a] == [
+                (y.dtype, y.shape, y.tobytes()) for y in b
+            ], k
