@@ -5,25 +5,38 @@ Run as::
     python -m bench.training [--json FILE] [--layers N] [--width N] [--batch N] [--repeats N]
                              [--chunk-size N] [--smoke]
 
-Model: a tanh MLP of ``--layers`` square ``[width, width]`` float32 layers with biases, mean
-squared error on a random batch. Its largest tensor is ``1 / layers`` of the parameters (the
-default 8 layers: 1/8), so a program that held z, or every perturbed leaf, for the whole model at
-once would show it.
+Models: tanh MLPs of ``layers`` square ``[width, width]`` float32 layers with biases, mean
+squared error on a random batch. Their largest tensor is ``1 / layers`` of the parameters, so a
+program that held z, or every perturbed leaf, for the whole model at once would show it. Without
+``--layers/--width/--batch`` three configurations run (:data:`DEFAULT_CONFIGS`):
+
+- 8 x [1024, 1024], batch 16 (largest tensor 1/8 of the parameters);
+- 4 x [1024, 1024], batch 16 (largest tensor 1/4: the perturbed copy of that leaf alone is a
+  quarter of the parameters);
+- 8 x [1024, 1024], batch 256: the same model with a forward pass that does real arithmetic
+  (at batch 16 it is one streaming read of the weights, as cheap as any pass over them).
 
 Rows (each one jitted program, compiled with :func:`training.lean_compiler_options`, the options
 ``mezo_step`` uses, so all rows are compiled alike):
 
 - ``forward``: ``loss_fn(params, batch)``.
-- ``mezo_sgd``: ``training.mezo_step(loss_fn, optax.sgd(lr), eps=1e-3)``, params donated.
-- ``mezo_adam``: the same step with ``optax.adam`` (ZO-Adam: two more parameter-sized states).
+- ``mezo_sgd``: ``training.mezo_step(loss_fn, optax.sgd(lr), eps=1e-3)``, params donated, z
+  Gaussian (the default).
+- ``mezo_sgd_rademacher``: the same with ``distribution="rademacher"`` (±1 z).
+- ``mezo_sgd_in_place``: the Gaussian step with ``in_place=True`` (perturbs the donated
+  parameters in place, with a rounding drift; see :func:`training.mezo_step`).
+- ``mezo_adam``: the Gaussian step with ``optax.adam`` (ZO-Adam: two more parameter-sized states).
 - ``adam_first_order``: ``jax.value_and_grad`` + ``optax.adam``, params and state donated.
+- ``weights_pass``: ``θ ← 1.0001·θ`` on the donated params, one elementwise pass over the
+  weights. A MeZO step cannot beat two forward passes plus three such passes (``θ+εz``,
+  ``θ-εz``, the update), which is its time floor.
 
 Columns: ``memory_mb`` = arguments + outputs - aliased (donated) + temporaries, from
 ``jit(...).lower(...).compile().memory_analysis()``, in MB (10**6 bytes); ``temp_mb`` the
 temporaries alone; ``memory_vs_forward`` and ``memory_vs_params``; ``time_ms`` the median wall
-time of one call on the default device and ``time_vs_forward``. On CPU a MeZO step costs far
-more than two forward passes: drawing z three times (threefry + inverse erf per weight)
-dominates the small matmuls.
+time of one call on the default device and ``time_vs_forward``. On CPU, drawing Gaussian z
+(threefry and an inverse erf per weight, three times a step) dominates the step; Rademacher z
+costs about as much as copying the weights.
 """
 
 from __future__ import annotations
@@ -42,9 +55,11 @@ import training
 from bench.common import Column, add_json_arg, format_table, median_time, run_metadata, write_json
 
 MB = 1e6
-DEFAULT_LAYERS, DEFAULT_WIDTH, DEFAULT_BATCH, DEFAULT_REPEATS = 8, 1024, 16, 5
-SMOKE_LAYERS, SMOKE_WIDTH, SMOKE_BATCH = 4, 64, 4
-SMOKE_CHUNK_SIZE = 1024  # smaller than a smoke leaf, so the chunked z path is measured too
+DEFAULT_CONFIGS = ((8, 1024, 16), (4, 1024, 16), (8, 1024, 256))
+"""(layers, width, batch) of the models measured by default."""
+DEFAULT_REPEATS = 7
+SMOKE_CONFIGS = ((4, 64, 4),)
+SMOKE_CHUNK_SIZE = 1024  # smaller than a smoke leaf, so leaves of several chunks are measured too
 EPS, LEARNING_RATE = 1e-3, 1e-4  # MeZO's ε; the learning rate does not affect cost
 SEED = 0
 
@@ -99,6 +114,7 @@ def _copy(tree):
 def bench_programs(
     layers: int, width: int, batch: int, repeats: int, chunk_size: int
 ) -> list[dict[str, Any]]:
+    """The rows of one model: forward, the MeZO steps and first-order Adam."""
     params, loss_fn, data = make_mlp(layers, width, batch)
     params_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     largest = max(x.nbytes for x in jax.tree.leaves(params))
@@ -135,13 +151,15 @@ def bench_programs(
             }
         )
 
-    for name, tx in (
-        ("mezo_sgd", optax.sgd(LEARNING_RATE)),
-        ("mezo_adam", optax.adam(LEARNING_RATE)),
+    sgd, adam = optax.sgd(LEARNING_RATE), optax.adam(LEARNING_RATE)
+    for name, tx, kw in (
+        ("mezo_sgd", sgd, {}),
+        ("mezo_sgd_rademacher", sgd, {"distribution": "rademacher"}),
+        ("mezo_sgd_in_place", sgd, {"in_place": True}),
+        ("mezo_adam", adam, {}),
     ):
-        timed_step(name, training.mezo_step(loss_fn, tx, eps=EPS, chunk_size=chunk_size), tx.init)
-
-    adam = optax.adam(LEARNING_RATE)
+        step = training.mezo_step(loss_fn, tx, eps=EPS, chunk_size=chunk_size, **kw)
+        timed_step(name, step, tx.init)
 
     def first_order(p, opt_state, batch_, key):
         del key  # same signature as the MeZO step
@@ -155,9 +173,20 @@ def bench_programs(
         adam.init,
     )
 
+    def weights_pass(p, opt_state, batch_, key):
+        del batch_, key
+        return jax.tree.map(lambda x: x * 1.0001, p), opt_state, jnp.zeros(())
+
+    timed_step(
+        "weights_pass",
+        jax.jit(weights_pass, donate_argnums=(0, 1), compiler_options=options),
+        lambda p: (),
+    )
+
     fwd = rows[0]
     for row in rows:
         row.update(
+            model=f"{layers}x[{width},{width}] b{batch}",
             layers=layers,
             width=width,
             batch=batch,
@@ -172,14 +201,16 @@ def bench_programs(
 
 
 COLUMNS = [
+    Column("model", "model"),
+    Column("largest_leaf_fraction", "largest", ".3f"),
     Column("program", "program"),
     Column("memory_mb", "memory MB", ".2f"),
     Column("temp_mb", "temp MB", ".2f"),
     Column("alias_mb", "aliased MB", ".2f"),
     Column("memory_vs_params", "mem/params", ".2f"),
-    Column("memory_vs_forward", "mem/fwd", ".2f"),
+    Column("memory_vs_forward", "mem/fwd", ".3f"),
     Column("time_ms", "time ms", ".2f"),
-    Column("time_vs_forward", "time/fwd", ".1f"),
+    Column("time_vs_forward", "time/fwd", ".2f"),
 ]
 
 
@@ -189,9 +220,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Memory and time of a MeZO step vs a forward pass and first-order Adam.",
     )
     add_json_arg(parser)
-    parser.add_argument("--layers", type=int, default=None, help=f"default {DEFAULT_LAYERS}")
-    parser.add_argument("--width", type=int, default=None, help=f"default {DEFAULT_WIDTH}")
-    parser.add_argument("--batch", type=int, default=None, help=f"default {DEFAULT_BATCH}")
+    layers, width, batch = DEFAULT_CONFIGS[0]
+    parser.add_argument("--layers", type=int, default=None, help=f"one model (default {layers})")
+    parser.add_argument("--width", type=int, default=None, help=f"one model (default {width})")
+    parser.add_argument("--batch", type=int, default=None, help=f"one model (default {batch})")
     parser.add_argument(
         "--repeats", type=int, default=None, help=f"timed calls (default {DEFAULT_REPEATS})"
     )
@@ -205,16 +237,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help=f"tiny run for tests: {SMOKE_LAYERS} layers of {SMOKE_WIDTH}, 1 repeat",
+        help="tiny run for tests: 4 layers of width 64, batch 4, 1 repeat",
     )
     args = parser.parse_args(argv)
-    args.layers = args.layers or (SMOKE_LAYERS if args.smoke else DEFAULT_LAYERS)
-    args.width = args.width or (SMOKE_WIDTH if args.smoke else DEFAULT_WIDTH)
-    args.batch = args.batch or (SMOKE_BATCH if args.smoke else DEFAULT_BATCH)
+    base = SMOKE_CONFIGS if args.smoke else DEFAULT_CONFIGS
+    if args.layers is None and args.width is None and args.batch is None:
+        args.configs = [tuple(c) for c in base]
+    else:
+        args.configs = [
+            tuple(
+                given if given is not None else default
+                for given, default in zip((args.layers, args.width, args.batch), base[0])
+            )
+        ]
     args.repeats = args.repeats or (1 if args.smoke else DEFAULT_REPEATS)
     if args.chunk_size is None:
         args.chunk_size = SMOKE_CHUNK_SIZE if args.smoke else training.DEFAULT_CHUNK_SIZE
-    if args.layers < 4:
+    if any(layers < 4 for layers, _, _ in args.configs):
         parser.error("--layers must be >= 4 (the largest tensor must be <= 1/4 of the params)")
     return args
 
@@ -222,24 +261,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark, prints its table and optionally writes ``--json``; returns the rows."""
     args = parse_args(argv)
+    rows = []
+    for layers, width, batch in args.configs:
+        print(f"MLP {layers} x [{width}, {width}], batch {batch} ...", file=sys.stderr, flush=True)
+        rows += bench_programs(layers, width, batch, args.repeats, args.chunk_size)
     print(
-        f"MLP {args.layers} x [{args.width}, {args.width}], batch {args.batch} ...",
-        file=sys.stderr,
-        flush=True,
-    )
-    rows = bench_programs(args.layers, args.width, args.batch, args.repeats, args.chunk_size)
-    params_mb = rows[0]["params_mb"]
-    print(
-        f"Params {params_mb:.2f} MB; memory = arguments + outputs - aliased + temporaries "
-        f"(XLA memory_analysis); time: median of {args.repeats} on {jax.default_backend()}."
+        "memory = arguments + outputs - aliased + temporaries (XLA memory_analysis); "
+        f"time: median of {args.repeats} on {jax.default_backend()}; "
+        "largest = largest tensor / params."
     )
     print(format_table(rows, COLUMNS))
     if args.json is not None:
         meta = run_metadata(
             benchmark="training",
-            layers=args.layers,
-            width=args.width,
-            batch=args.batch,
+            configs=[list(c) for c in args.configs],
             repeats=args.repeats,
             smoke=args.smoke,
             eps=EPS,

@@ -6,11 +6,13 @@ calls the user's ``loss_fn(params, batch)``.
 
 - :func:`mezo_value_and_grad`, :func:`zo_gradient`: the two-point estimate and ``g·z``.
 - :func:`mezo_step`: a jitted, donated, memory-lean step through any Optax chain
-  (:func:`zo_sgd`, :func:`zo_adam`); :func:`fit` runs it and logs ``(step, g)``;
-  :func:`replay` rebuilds the trained parameters bit for bit from that log.
+  (:func:`zo_sgd`, :func:`zo_adam`), optionally perturbing the parameters in place
+  (``in_place=True``: the forward pass's memory, with a rounding drift); :func:`fit` runs it and
+  logs ``(step, g)``; :func:`replay` rebuilds the trained parameters bit for bit from that log.
 - Masks (:mod:`training.masks`): train only a sparse subset (by magnitude, at random, or by
   squared gradient on calibration data) and the weight-decay mask.
-- :mod:`training.perturb`: the definition of z, regenerated from a key, leaf by leaf.
+- :mod:`training.perturb`: the definition of z (Gaussian, or Rademacher with
+  ``distribution="rademacher"``), regenerated from a key, leaf by leaf.
 - :mod:`training.meerkat`: federated sparse ZO (Meerkat) simulated with ``jax.vmap`` clients.
 """
 
@@ -38,12 +40,20 @@ from training.mezo import (
     zo_update,
 )
 from training.optimizers import zo_adam, zo_sgd
-from training.perturb import DEFAULT_CHUNK_SIZE, perturb, perturbation
+from training.perturb import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_DISTRIBUTION,
+    DISTRIBUTIONS,
+    perturb,
+    perturbation,
+)
 
 __all__ = [
     "CPU_LEAN_COMPILER_OPTIONS",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_DENSITY",
+    "DEFAULT_DISTRIBUTION",
+    "DISTRIBUTIONS",
     "decay_mask",
     "fit",
     "gradient_mask",

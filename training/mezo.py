@@ -18,13 +18,18 @@ optax.sgd(η))`` (:func:`training.zo_sgd`), ZO-Adam is ``optax.adam`` on the sam
 Reproducibility: step ``t`` uses ``key = jax.random.fold_in(root_key, t)``; the log of
 ``(t, g)`` pairs is enough to rebuild every parameter bit for bit (:func:`replay`).
 
-Memory: the step is jitted with the parameters (and optimizer state) donated. z is regenerated,
-chunk by chunk, inside each consumer, and an ``optimization_barrier`` on the key orders the three
-uses (``+εz`` forward, ``-εz`` forward, update) so XLA can neither merge them into one stored z
-nor overlap the two forward passes. On CPU the step is compiled with
-:data:`CPU_LEAN_COMPILER_OPTIONS` (memory-optimised scheduling). With ``optax.sgd`` the XLA
-temporaries are then a few chunks plus one perturbed leaf, not a multiple of the parameters
-(``python -m bench.training``); clipping by global norm needs every ``g·z`` leaf at once and
+Memory: the step is jitted with the parameters (and optimizer state) donated. z is regenerated
+inside each consumer, fused into its elementwise loop (:mod:`training.perturb`), and an
+``optimization_barrier`` on the key orders the three uses (``+εz`` forward, ``-εz`` forward,
+update) so XLA can neither merge them into one stored z nor overlap the two forward passes. On
+CPU the step is compiled with :data:`CPU_LEAN_COMPILER_OPTIONS` (memory-optimised scheduling).
+With ``optax.sgd`` the step then needs the forward pass's memory plus one perturbed leaf (the
+largest): 1.12x the forward on an MLP whose largest tensor is 1/8 of the parameters
+(``python -m bench.training``). That extra leaf is the price of computing both losses from the
+unchanged θ: ``θ ↦ fl(θ + εz)`` is not injective, so θ cannot be recovered from a perturbed
+buffer and must stay alive next to the perturbed copy of the leaf in use. The opt-in
+``mezo_step(..., in_place=True)`` drops that leaf (1.00x the forward) at the price of a rounding
+drift (see :func:`mezo_step`). Clipping by global norm needs every ``g·z`` leaf at once and
 costs one parameter-sized temporary.
 """
 
@@ -38,7 +43,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from training.perturb import DEFAULT_CHUNK_SIZE, Z_DTYPE, map_with_z, mask_leaves, perturb
+from training.perturb import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_DISTRIBUTION,
+    Z_DTYPE,
+    check_distribution,
+    map_with_z,
+    mask_leaves,
+    perturb,
+)
 
 PyTree = Any
 Array = jax.Array
@@ -99,6 +112,7 @@ def mezo_value_and_grad(
     num_samples: int = 1,
     mask: PyTree | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
 ) -> Callable[[PyTree, Any, Array], tuple[Array, Array]]:
     """Zeroth-order counterpart of ``jax.value_and_grad``: loss and projected gradient(s).
 
@@ -110,6 +124,8 @@ def mezo_value_and_grad(
       mask: optional trainable mask with the structure of ``params`` (bool leaves or bool
         arrays); z is 0 outside it, so only masked entries are perturbed.
       chunk_size: elements per z chunk (part of the z definition, see :mod:`training.perturb`).
+      distribution: ``"normal"`` (MeZO's Gaussian z, default) or ``"rademacher"`` (±1 signs,
+        much cheaper to draw on CPU); see :mod:`training.perturb`.
 
     Returns:
       ``grad_fn(params, batch, key) -> (loss, projected_grad)``: ``loss`` is the mean of
@@ -127,7 +143,7 @@ def mezo_value_and_grad(
     _check_eps(eps)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    kw = dict(mask=mask, chunk_size=chunk_size)
+    kw = dict(mask=mask, chunk_size=chunk_size, distribution=check_distribution(distribution))
 
     def two_point(params, batch, key):
         loss_plus = loss_fn(perturb(params, key, eps, **kw), batch)
@@ -163,6 +179,7 @@ def zo_gradient(
     *,
     mask: PyTree | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
 ) -> PyTree:
     """The gradient estimate ``g·z`` as a pytree like ``params``, z regenerated from ``key``.
 
@@ -173,12 +190,13 @@ def zo_gradient(
       params: the parameters (shapes and dtypes of the result).
       mask: the trainable mask used for the estimate (zeros outside it).
       chunk_size: must match the one used for the estimate.
+      distribution: must match the one used for the estimate.
 
     Returns:
       A pytree of ``params``' structure; each leaf in the leaf's dtype, computed in float32.
     """
     g = jnp.asarray(projected_grad, Z_DTYPE)
-    kw = dict(mask=mask, chunk_size=chunk_size)
+    kw = dict(mask=mask, chunk_size=chunk_size, distribution=check_distribution(distribution))
 
     def scaled(scale):
         def one(p, z, m):
@@ -228,6 +246,7 @@ def zo_update(
     *,
     mask: PyTree | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
 ) -> Callable[[PyTree, Any, Array, Array], tuple[PyTree, Any]]:
     """The update half of a MeZO step: ``(params, opt_state, g, key) -> (params, opt_state)``.
 
@@ -238,7 +257,14 @@ def zo_update(
     """
 
     def update(params, opt_state, projected_grad, key):
-        grads = zo_gradient(projected_grad, key, params, mask=mask, chunk_size=chunk_size)
+        grads = zo_gradient(
+            projected_grad,
+            key,
+            params,
+            mask=mask,
+            chunk_size=chunk_size,
+            distribution=distribution,
+        )
         updates, opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         return restore_outside_mask(new_params, params, mask), opt_state
@@ -254,7 +280,9 @@ def mezo_step(
     num_samples: int = 1,
     mask: PyTree | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
     return_projected_grad: bool = False,
+    in_place: bool = False,
     jit: bool = True,
     compiler_options: Mapping[str, Any] | None = None,
 ) -> Callable[..., tuple]:
@@ -270,8 +298,19 @@ def mezo_step(
       mask: optional trainable mask (bool pytree like ``params``); only masked entries are
         perturbed and updated, the others never change, not even by a bit.
       chunk_size: elements per z chunk (see :mod:`training.perturb`).
+      distribution: the distribution of z, ``"normal"`` or ``"rademacher"`` (see
+        :func:`mezo_value_and_grad`).
       return_projected_grad: also return ``g``, the one number (``num_samples`` numbers) per
         step that, with the key, reproduces the update (log it for :func:`replay`).
+      in_place: opt-in memory mode (``num_samples=1`` only): perturb the donated parameters in
+        place, ``θ+εz``, then ``-2εz``, then ``+εz`` back (fused into the update), as the
+        PyTorch MeZO does, instead of computing both losses from the unchanged θ. It saves the
+        perturbed copy of the largest leaf (the step needs no more memory than the forward
+        pass), but the round trip is inexact: each step adds three roundings, each at most half
+        an ulp of ``|θ| + 2ε|z|``, on top of the update (a random walk that does not cancel;
+        ``L(θ-εz)`` is also evaluated at ``θ+εz-2εz``, one rounding off). Deterministic:
+        :func:`replay` with ``in_place_eps=eps`` reproduces it bit for bit. Avoid it for
+        parameters kept in bfloat16 or lower precision (docs/background.md, section 4).
       jit: return ``jax.jit(step, donate_argnums=(0, 1))`` (default), else the plain function.
       compiler_options: XLA options for that jit; default :func:`lean_compiler_options`
         (memory-optimised scheduling on CPU). ``{}`` keeps XLA's defaults.
@@ -290,22 +329,50 @@ def mezo_step(
             params, opt_state, loss, g = step(params, opt_state, batch, step_key(root, t))
             log.append((t, g))
     """
-    grad_fn = mezo_value_and_grad(
-        loss_fn, eps=eps, num_samples=num_samples, mask=mask, chunk_size=chunk_size
-    )
-    update = zo_update(tx, mask=mask, chunk_size=chunk_size)
+    kw = dict(mask=mask, chunk_size=chunk_size, distribution=distribution)
+    grad_fn = mezo_value_and_grad(loss_fn, eps=eps, num_samples=num_samples, **kw)
+    update = zo_update(tx, **kw)
+    if in_place and num_samples != 1:
+        raise ValueError(f"in_place needs num_samples=1, got {num_samples}")
 
     def step(params, opt_state, batch, key):
-        loss, g = grad_fn(params, batch, key)
+        if in_place:
+            params, losses = _in_place_passes(params, key, eps, kw, loss_fn, batch)
+            loss, g = jnp.mean(losses), (losses[0] - losses[1]) / (2 * eps)
+        else:
+            loss, g = grad_fn(params, batch, key)
         # g goes through the barrier too: the update then sees an opaque g, as replay does, so
         # XLA cannot fold the estimate's constants into the update's (replay is bit-exact).
         key, g_opaque = jax.lax.optimization_barrier((key, g))
+        if in_place:
+            params = perturb(params, key, eps, **kw)  # θ-εz back to ≈θ, fused into the update
         params, opt_state = update(params, opt_state, g_opaque, key)
         if return_projected_grad:
             return params, opt_state, loss, g
         return params, opt_state, loss
 
     return _jit(step, compiler_options, donate_argnums=(0, 1)) if jit else step
+
+
+def _in_place_passes(params, key, eps, kw, loss_fn=None, batch=None):
+    """``θ+εz`` then ``-2εz``, written over ``params``; the loss after each (``loss_fn`` given).
+
+    A two-iteration loop carries the parameters, so XLA writes each perturbation into the
+    (donated) parameter buffers instead of a copy. :func:`replay` runs the same loop without
+    ``loss_fn``, so the roundings, and the parameters, are the same bit for bit.
+    """
+
+    def body(i, carry):
+        params, losses = carry
+        # The barrier orders this pass after the previous loss (which read the params).
+        key_i, _ = jax.lax.optimization_barrier((key, losses))
+        scale = jnp.where(i == 0, np.float32(eps), np.float32(-2 * eps))
+        params = perturb(params, key_i, scale, **kw)
+        if loss_fn is not None:
+            losses = losses.at[i].set(jnp.asarray(loss_fn(params, batch), Z_DTYPE))
+        return params, losses
+
+    return jax.lax.fori_loop(0, 2, body, (params, jnp.zeros((2,), Z_DTYPE)))
 
 
 def _log_entries(log: Iterable[Any] | np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -330,14 +397,17 @@ def replay(
     root_key: Array,
     mask: PyTree | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
     opt_state: Any = None,
+    in_place_eps: float | None = None,
     compiler_options: Mapping[str, Any] | None = None,
 ) -> tuple[PyTree, Any]:
     """Rebuilds trained parameters from the initial ones and the log of projected gradients.
 
     No forward pass is run: step ``t`` regenerates its z from ``fold_in(root_key, t)`` and
     applies ``g_t·z`` through ``tx`` exactly as :func:`mezo_step` did, so the result matches the
-    trained parameters bit for bit (same ``tx``, ``mask``, ``chunk_size`` and backend).
+    trained parameters bit for bit (same ``tx``, ``mask``, ``chunk_size``, ``distribution`` and
+    backend).
 
     Args:
       params0: the parameters before the first logged step (not modified).
@@ -348,15 +418,27 @@ def replay(
       root_key: the key the step keys were folded from.
       mask: the trainable mask used in training.
       chunk_size: the z chunk size used in training.
+      distribution: the z distribution used in training.
       opt_state: optimizer state before the first logged step (default ``tx.init(params0)``).
+      in_place_eps: for a run trained with ``mezo_step(..., in_place=True)``, its ``eps``: each
+        step then repeats the in-place ``+εz, -2εz, +εz`` round trip before the update.
       compiler_options: as for :func:`mezo_step`.
 
     Returns:
       ``(params, opt_state)`` after the last logged step.
     """
-    update = _jit(
-        zo_update(tx, mask=mask, chunk_size=chunk_size), compiler_options, donate_argnums=(0, 1)
-    )
+    kw = dict(mask=mask, chunk_size=chunk_size, distribution=distribution)
+    zo = zo_update(tx, **kw)
+    if in_place_eps is not None:
+        _check_eps(in_place_eps)
+
+        def zo(params, opt_state, projected_grad, key, _update=zo):
+            params, _ = _in_place_passes(params, key, in_place_eps, kw)
+            key, projected_grad = jax.lax.optimization_barrier((key, projected_grad))
+            params = perturb(params, key, in_place_eps, **kw)
+            return _update(params, opt_state, projected_grad, key)
+
+    update = _jit(zo, compiler_options, donate_argnums=(0, 1))
     params = jax.tree.map(jnp.array, params0)  # copies: the update donates its inputs
     opt_state = tx.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
     for step, g in _log_entries(log):

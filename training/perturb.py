@@ -1,4 +1,4 @@
-"""Seeded Gaussian perturbations of a parameter pytree, regenerated from one key, leaf by leaf.
+"""Seeded perturbations of a parameter pytree, regenerated from one key, leaf by leaf.
 
 Why: zeroth-order training never stores z. Every consumer (the ``θ ± εz`` forward passes, the
 ``g·z`` update, the server replaying a client's path) regenerates it from the step key, so the
@@ -9,20 +9,34 @@ Definition of z for ``key`` and a pytree ``params`` (leaves in ``jax.tree.leaves
 
     leaf_key[i]     = fold_in(key, i)                        # i: the leaf's flat index
     L               = min(n, chunk_size)                      # n: the leaf's element count
-    chunk[i, j]     = normal(fold_in(leaf_key[i], j), (L,), float32)  for j < ceil(n / L)
+    chunk_key[i, j] = fold_in(leaf_key[i], j)                 # j < ceil(n / L)
+    chunk[i, j]     = normal(chunk_key[i, j], (L,), float32)           # distribution="normal"
+                    = 1 - 2 * bit_c(bits(chunk_key[i, j], (ceil(L / 32),), uint32))
+                                                                      # distribution="rademacher"
     z[i]            = concat_j(chunk[i, j])[:n].reshape(leaf.shape)
     z[i]            = where(mask[i], z[i], 0)                 # when a mask is given
+
+``normal`` is ``jax.random.normal`` (MeZO's Gaussian z, the default). ``rademacher`` draws
+independent ±1 signs: element ``c`` of a chunk is ``+1`` where bit ``c % 32`` of word ``c // 32``
+is 0, ``-1`` where it is 1. Both have ``E[z zᵀ] = I``, so ``g·z`` is the same SPSA estimate of
+the gradient (Rademacher is Spall's original SPSA; its ``|z|² = d`` exactly, which makes the
+estimate's variance slightly lower). Rademacher is about 20 times cheaper to draw on a CPU (32
+signs per hash instead of one hash and an inverse erf per element), which is most of a step's
+time there; on a GPU both are cheap next to the forward passes. A log must be replayed with the
+distribution (and chunk size) it was trained with.
 
 z is always float32, whatever the leaf dtype; a leaf whose mask is the Python value ``False`` is
 frozen and draws nothing. Keys may be raw ``PRNGKey`` arrays or typed ``jax.random.key`` arrays.
 
-Memory: z is never stored for the model. Leaves of up to ``chunk_size`` elements draw z in one
-piece inside the op that consumes it; larger leaves run a ``fori_loop`` over chunks that writes
-``fn(θ, z)`` into the result in place, so z and its random-bit temporaries exist for one chunk
-at a time. On GPU, XLA fuses threefry into its consumer; on CPU it computes threefry in a rolled
-loop whose state is about three times the size of the draw, which is what chunks bound. Measured
-with ``jit(...).lower(...).compile().memory_analysis()`` (``bench/training.py`` and
-``tests/training/test_mezo.py::test_jitted_step_temporaries_are_below_half_the_params``).
+Memory and speed: z is never stored. For threefry keys (jax's default) the threefry hash of
+``jax.random.bits`` is written out here in ``jnp`` integer ops (bit-identical to
+``jax.random.bits``/``normal``, checked by the tests), so XLA fuses the generation of z into the
+elementwise op that consumes it (``θ + εz``, ``g·z``, the update): no z-sized buffer exists, only,
+for Rademacher, the random words (1/32 of the leaf). jax's own threefry primitive cannot fuse on
+CPU (a rolled loop whose state is three times the draw). Other PRNG implementations go through
+``jax.random`` and materialise each leaf's z. Measured with
+``jit(...).lower(...).compile().memory_analysis()`` (``bench/training.py`` and
+``tests/training/test_mezo.py``).
 """
 
 from __future__ import annotations
@@ -38,28 +52,120 @@ PyTree = Any
 Array = jax.Array
 
 DEFAULT_CHUNK_SIZE = 1 << 20
-"""Elements per z chunk (4 MiB of float32): large leaves draw z in pieces of this size."""
+"""Elements per z chunk: each chunk of a leaf draws from its own key (part of the z definition)."""
+
+DISTRIBUTIONS = ("normal", "rademacher")
+"""The distributions z can be drawn from (see the module docstring)."""
+
+DEFAULT_DISTRIBUTION = "normal"
+"""MeZO's Gaussian z."""
 
 Z_DTYPE = jnp.float32
 
-
-def _chunk_normal(leaf_key: Array, chunk_id: Array | int, length: int) -> Array:
-    """Chunk ``chunk_id`` of a leaf's z: ``normal(fold_in(leaf_key, chunk_id), (length,))``."""
-    return jax.random.normal(jax.random.fold_in(leaf_key, chunk_id), (length,), Z_DTYPE)
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
-def leaf_normal(leaf_key: Array, shape: tuple[int, ...], chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """z for one leaf, materialised: float32 N(0, 1) of ``shape`` (see the module docstring).
+def check_distribution(distribution: str) -> str:
+    """``distribution``, after checking it is one of :data:`DISTRIBUTIONS`."""
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    return distribution
+
+
+def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
+    """Threefry-2x32 (20 rounds), written out in ``jnp`` ops so that XLA fuses it.
+
+    The same function as ``jax.random``'s ``threefry2x32`` primitive, which XLA:CPU computes in a
+    rolled loop with three draw-sized buffers of state; unrolled, it fuses into its consumer.
+    """
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in _THREEFRY_ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r)))
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+def _threefry_words(keys: Array) -> tuple[Array, Array] | None:
+    """The two uint32 words of threefry keys (``[..., 1]``-shaped), or ``None`` for other PRNGs."""
+    if (
+        str(jax.random.key_impl(keys)) != "threefry2x32"
+        or not jax.config.jax_threefry_partitionable
+    ):
+        return None
+    data = jax.random.key_data(keys)
+    return data[..., 0:1], data[..., 1:2]
+
+
+def _normal_from_bits(bits: Array) -> Array:
+    """``jax.random.normal``'s float32 transform of 32 random bits: ``√2·erfinv(u)``."""
+    lo = np.nextafter(np.float32(-1), np.float32(0))
+    mantissa = (bits >> np.uint32(32 - 23)) | np.array(1.0, np.float32).view(np.uint32)
+    floats = jax.lax.bitcast_convert_type(mantissa, Z_DTYPE) - np.float32(1)
+    u = jax.lax.max(lo, floats * (np.float32(1) - lo) + lo)
+    return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)
+
+
+def _chunk_bits(chunk_keys: Array, length: int) -> Array:
+    """``bits(chunk_keys[j], (length,), uint32)`` for every chunk ``j``: ``[num_chunks, length]``.
+
+    For threefry keys the hash is written out here, so that XLA fuses it into the consumer of
+    z; other key implementations go through ``jax.random.bits``.
+    """
+    words = _threefry_words(chunk_keys)
+    if words is None:
+        # A loop, not vmap: batched, RngBitGenerator-based keys draw other bits than one by one.
+        return jax.lax.map(lambda k: jax.random.bits(k, (length,), jnp.uint32), chunk_keys)
+    counter = jax.lax.iota(jnp.uint32, length)[None, :]
+    # jax's partitionable threefry: element c hashes the 64-bit counter (0, c), xors the halves.
+    y0, y1 = _threefry2x32(*words, jnp.zeros_like(counter), counter)
+    return y0 ^ y1
+
+
+def _leaf_z(leaf_key: Array, n: int, chunk_size: int, distribution: str) -> Array:
+    """A leaf's flat z, ``[n]`` float32 (see the module docstring), as one fusible expression."""
+    length = min(n, chunk_size)
+    num_chunks = -(-n // length)
+    chunk_ids = jnp.arange(num_chunks, dtype=jnp.uint32)
+    chunk_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(leaf_key, chunk_ids)
+    if distribution == "normal":
+        z = _normal_from_bits(_chunk_bits(chunk_keys, length))
+    else:
+        num_words = -(-length // 32)
+        # One 32-bit draw feeds 32 signs. The barrier keeps the draws a buffer (1/32 of the
+        # leaf): fused into the sign extraction, XLA would hash each word once per bit.
+        words = jax.lax.optimization_barrier(_chunk_bits(chunk_keys, num_words))
+        shifts = jax.lax.iota(jnp.uint32, 32)
+        signs = ((words[:, :, None] >> shifts) & np.uint32(1)) << np.uint32(31)
+        ones = signs | np.array(1.0, np.float32).view(np.uint32)  # bit 0: +1.0, bit 1: -1.0
+        z = jax.lax.bitcast_convert_type(ones, Z_DTYPE).reshape(num_chunks, num_words * 32)
+        z = z[:, :length]
+    return z.reshape(num_chunks * length)[:n]
+
+
+def leaf_normal(
+    leaf_key: Array,
+    shape: tuple[int, ...],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
+) -> Array:
+    """z for one leaf, materialised: float32 of ``shape`` (see the module docstring).
 
     Args:
       leaf_key: the leaf's key, ``fold_in(key, leaf_index)``.
       shape: the leaf's shape.
       chunk_size: elements per chunk (static).
+      distribution: ``"normal"`` (N(0, 1)) or ``"rademacher"`` (±1).
 
     Returns:
       A float32 array of ``shape``.
     """
-    return leaf_map(lambda x, z, m: z, jnp.zeros(shape, Z_DTYPE), leaf_key, True, chunk_size)
+    return leaf_map(
+        lambda x, z, m: z, jnp.zeros(shape, Z_DTYPE), leaf_key, True, chunk_size, distribution
+    )
 
 
 def leaf_map(
@@ -68,68 +174,39 @@ def leaf_map(
     leaf_key: Array,
     mask: Any = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
 ) -> Array:
-    """``fn(x, z, mask)`` for one leaf, with z generated (and ``fn`` applied) chunk by chunk.
+    """``fn(x, z, mask)`` for one leaf, with z regenerated inside the expression.
 
-    ``fn`` must be elementwise: it gets matching flat pieces of ``x``, of z (already zero
-    outside the mask) and of the mask (``True`` for an unmasked leaf), and returns a piece of the
-    result. Leaves of at most ``chunk_size`` elements take one piece; larger ones run a
-    ``fori_loop`` over chunks that writes into the result in place, so z and the random-bit
-    temporaries only ever exist for one chunk (XLA:CPU computes threefry in a rolled loop whose
-    state is three times the size of what it draws: it cannot be fused away).
+    ``fn`` must be elementwise: it gets ``x``, z (already zero outside the mask, float32) and the
+    mask broadcast to ``x`` (``True`` for an unmasked leaf). z is built from the chunk keys by
+    elementwise integer ops (threefry written out) and broadcasts, so XLA fuses its generation
+    into ``fn``'s loop: no z-sized buffer exists (for ``"rademacher"``, one of 1/32 of the leaf
+    holds the random words).
 
     Args:
-      fn: ``fn(x_piece, z_piece, mask_piece) -> result_piece``.
+      fn: ``fn(x, z, mask) -> result``.
       x: the leaf (or any array of the leaf's shape).
       leaf_key: ``fold_in(key, leaf_index)``.
       mask: ``True`` or a bool array broadcastable to ``x``.
-      chunk_size: elements per chunk (static).
+      chunk_size: elements per chunk (static; part of the definition of z).
+      distribution: ``"normal"`` or ``"rademacher"``.
 
     Returns:
       An array of ``x``'s shape and the dtype ``fn`` returns.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not 1 <= chunk_size < 2**32:
+        raise ValueError(f"chunk_size must be in [1, 2**32), got {chunk_size}")
+    check_distribution(distribution)
     shape = jnp.shape(x)
     n = int(np.prod(shape, dtype=np.int64))
-    full_mask = mask is True
-
-    def piece(x_piece, z_piece, m_piece):
-        if not full_mask:
-            z_piece = jnp.where(m_piece, z_piece, jnp.zeros((), Z_DTYPE))
-        return fn(x_piece, z_piece, m_piece)
-
     if n == 0:
         return fn(x, jnp.zeros(shape, Z_DTYPE), mask)
-    if n <= chunk_size:
-        z = _chunk_normal(leaf_key, 0, n).reshape(shape)
-        return piece(x, z, True if full_mask else jnp.broadcast_to(mask, shape))
-    length = chunk_size
-    num_full, rest = divmod(n, length)
-    x_flat = jnp.reshape(x, (n,))
-    m_flat = None if full_mask else jnp.broadcast_to(mask, shape).reshape(n)
-    out_aval = jax.eval_shape(
-        lambda a: fn(a, jnp.zeros((length,), Z_DTYPE), True),
-        jax.ShapeDtypeStruct((length,), x.dtype),
-    )
-    in_place = out_aval.dtype == x.dtype
-
-    def apply(out, start, size, z):
-        src = out if in_place else x_flat
-        x_piece = jax.lax.dynamic_slice(src, (start,), (size,))
-        m_piece = True if full_mask else jax.lax.dynamic_slice(m_flat, (start,), (size,))
-        return jax.lax.dynamic_update_slice(out, piece(x_piece, z, m_piece), (start,))
-
-    def body(j, out):
-        start = j * length
-        return apply(out, start, length, _chunk_normal(leaf_key, j.astype(jnp.uint32), length))
-
-    out = x_flat if in_place else jnp.zeros((n,), out_aval.dtype)
-    out = jax.lax.fori_loop(0, num_full, body, out)
-    if rest:
-        z_rest = _chunk_normal(leaf_key, num_full, length)[:rest]
-        out = apply(out, num_full * length, rest, z_rest)
-    return out.reshape(shape)
+    z = _leaf_z(leaf_key, n, chunk_size, distribution).reshape(shape)
+    if mask is True:
+        return fn(x, z, True)
+    mask = jnp.broadcast_to(mask, shape)
+    return fn(x, jnp.where(mask, z, jnp.zeros((), Z_DTYPE)), mask)
 
 
 def mask_leaves(mask: PyTree | None, params: PyTree) -> list[Any]:
@@ -187,6 +264,7 @@ def map_with_z(
     *,
     mask: PyTree | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
 ) -> PyTree:
     """``fn(leaf, z_leaf, mask_leaf)`` for every leaf, z regenerated leaf by leaf.
 
@@ -203,7 +281,8 @@ def map_with_z(
         if m is False:
             out.append(fn(p, None, m))
         else:
-            out.append(leaf_map(fn, p, jax.random.fold_in(key, i), m, chunk_size))
+            leaf_key = jax.random.fold_in(key, i)
+            out.append(leaf_map(fn, p, leaf_key, m, chunk_size, distribution))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -213,6 +292,7 @@ def perturbation(
     *,
     mask: PyTree | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
 ) -> PyTree:
     """The perturbation z for ``key``, materialised (for tests, analysis and small models).
 
@@ -222,6 +302,7 @@ def perturbation(
       params: the parameter pytree (only shapes are used).
       mask: optional trainable mask (see :func:`mask_leaves`); z is 0 outside it.
       chunk_size: elements per chunk; must match the value used in training.
+      distribution: ``"normal"`` or ``"rademacher"``; must match the value used in training.
 
     Returns:
       A float32 pytree with the structure and shapes of ``params``.
@@ -232,6 +313,7 @@ def perturbation(
         params,
         mask=mask,
         chunk_size=chunk_size,
+        distribution=distribution,
     )
 
 
@@ -242,6 +324,7 @@ def perturb(
     *,
     mask: PyTree | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
 ) -> PyTree:
     """``θ + scale·z`` leaf by leaf, computed in float32 and cast back to each leaf's dtype.
 
@@ -254,4 +337,4 @@ def perturb(
         moved = (p.astype(Z_DTYPE) + scale * z).astype(p.dtype)
         return moved if m is True else jnp.where(m, moved, p)
 
-    return map_with_z(one, key, params, mask=mask, chunk_size=chunk_size)
+    return map_with_z(one, key, params, mask=mask, chunk_size=chunk_size, distribution=distribution)

@@ -114,6 +114,60 @@ def test_chunked_z_is_the_concatenation_of_per_chunk_draws():
     assert abs(float(jnp.mean(z))) < 0.15 and 0.85 < float(jnp.std(z)) < 1.15
 
 
+def test_rademacher_z_is_one_sign_per_bit_of_per_chunk_words():
+    leaf_key = jax.random.key(8)
+    n, chunk = 1000, 96  # 10 full chunks of 3 words and a 40-element rest (2 words, 24 bits used)
+    z = jax.jit(lambda k: leaf_normal(k, (10, 100), chunk, "rademacher"))(leaf_key)
+    pieces = []
+    for j in range(-(-n // chunk)):
+        words = np.asarray(jax.random.bits(jax.random.fold_in(leaf_key, j), (3,), jnp.uint32))
+        signs = (words[:, None] >> np.arange(32, dtype=np.uint32)) & 1  # bit c % 32 of word c // 32
+        pieces.append(1.0 - 2.0 * signs.reshape(-1).astype(np.float32))
+    np.testing.assert_array_equal(np.ravel(z), np.concatenate(pieces)[:n])
+    assert set(np.unique(z)) == {-1.0, 1.0} and abs(float(jnp.mean(z))) < 0.1
+
+
+@pytest.mark.parametrize("distribution", training.DISTRIBUTIONS)
+def test_z_is_the_same_with_and_without_jit_vmap_and_for_raw_keys(distribution):
+    params = {"a": jnp.zeros((37, 29)), "b": jnp.zeros((5,))}
+    kw = dict(chunk_size=100, distribution=distribution)
+    eager = training.perturbation(jax.random.key(4), params, **kw)
+    jitted = jax.jit(lambda k: training.perturbation(k, params, **kw))(jax.random.key(4))
+    raw = training.perturbation(jax.random.PRNGKey(4), params, **kw)
+    assert_bitwise_equal(eager, jitted)
+    assert_bitwise_equal(eager, raw)
+    # vmapped over keys (Meerkat's clients), each row is that key's z.
+    keys = jnp.stack([jax.random.key(9), jax.random.key(4)])
+    batched = jax.vmap(lambda k: training.perturbation(k, params, **kw))(keys)
+    assert_bitwise_equal(jax.tree.map(lambda x: x[1], batched), eager)
+
+
+@pytest.mark.parametrize("distribution", training.DISTRIBUTIONS)
+def test_other_prng_implementations_follow_the_same_definition(distribution):
+    # rbg keys go through jax.random itself (no written-out threefry): same formula, own stream.
+    key = jax.random.key(6, impl="rbg")
+    params = {"w": jnp.zeros((300,))}
+    z = training.perturbation(key, params, chunk_size=128, distribution=distribution)["w"]
+    leaf_key = jax.random.fold_in(key, 0)
+
+    def draw(k, n):
+        if distribution == "normal":
+            return np.asarray(jax.random.normal(k, (n,), jnp.float32))
+        words = np.asarray(jax.random.bits(k, (-(-n // 32),), jnp.uint32))
+        bits = (words[:, None] >> np.arange(32, dtype=np.uint32)) & 1
+        return 1.0 - 2.0 * bits.reshape(-1)[:n].astype(np.float32)
+
+    want = np.concatenate([draw(jax.random.fold_in(leaf_key, j), 128) for j in range(3)])[:300]
+    np.testing.assert_array_equal(z, want)
+
+
+def test_unknown_distribution_is_rejected():
+    with pytest.raises(ValueError, match="distribution"):
+        training.perturbation(jax.random.key(0), {"a": jnp.zeros(3)}, distribution="uniform")
+    with pytest.raises(ValueError, match="distribution"):
+        training.mezo_step(lambda p, b: 0.0, optax.sgd(1.0), eps=EPS, distribution="gauss")
+
+
 def test_z_is_zero_outside_the_mask_and_absent_for_frozen_leaves():
     params = {"a": jnp.ones((4, 4)), "b": jnp.ones((4,))}
     mask = {"a": jnp.eye(4, dtype=bool), "b": False}
@@ -126,15 +180,17 @@ def test_z_is_zero_outside_the_mask_and_absent_for_frozen_leaves():
 # ----------------------------------------------------------------------------- the estimator
 
 
-def test_estimator_equals_the_finite_difference_along_the_regenerated_z():
+@pytest.mark.parametrize("distribution", training.DISTRIBUTIONS)
+def test_estimator_equals_the_finite_difference_along_the_regenerated_z(distribution):
     params, loss_fn = quadratic_problem()
     key = jax.random.key(7)
-    grad_fn = training.mezo_value_and_grad(loss_fn, eps=EPS, chunk_size=SMALL_CHUNK)
+    kw = dict(chunk_size=SMALL_CHUNK, distribution=distribution)
+    grad_fn = training.mezo_value_and_grad(loss_fn, eps=EPS, **kw)
     loss, g = jax.jit(grad_fn)(params, None, key)
 
     @jax.jit
     def by_hand(p):
-        z = training.perturbation(key, p, chunk_size=SMALL_CHUNK)
+        z = training.perturbation(key, p, **kw)
         plus = loss_fn(jax.tree.map(lambda x, zz: x + EPS * zz, p, z), None)
         minus = loss_fn(jax.tree.map(lambda x, zz: x - EPS * zz, p, z), None)
         return (plus + minus) / 2, (plus - minus) / (2 * EPS)
@@ -149,17 +205,20 @@ def test_estimator_equals_the_finite_difference_along_the_regenerated_z():
     np.testing.assert_allclose(loss, loss_fn(params, None), rtol=1e-4)
 
 
-def test_mean_of_many_estimates_approaches_the_true_gradient():
+@pytest.mark.parametrize("distribution", training.DISTRIBUTIONS)
+def test_mean_of_many_estimates_approaches_the_true_gradient(distribution):
     # The estimate's noise grows with the dimension d: E|ĝ - ∇L|² ≈ (d + 1)|∇L|² / n.
     params, loss_fn = quadratic_problem(shapes={"w": (8, 12), "b": (12,)})
     key = jax.random.key(11)
     n = 4000
-    grad_fn = training.mezo_value_and_grad(loss_fn, eps=EPS, num_samples=n)
+    grad_fn = training.mezo_value_and_grad(
+        loss_fn, eps=EPS, num_samples=n, distribution=distribution
+    )
 
     @jax.jit
     def estimate(p):
         _, g = grad_fn(p, None, key)
-        return g, training.zo_gradient(g, key, p)
+        return g, training.zo_gradient(g, key, p, distribution=distribution)
 
     g, est = estimate(params)
     assert g.shape == (n,)
@@ -235,10 +294,15 @@ def test_step_does_not_retrace_after_the_first_call():
 
 
 @pytest.mark.parametrize(
-    "tx_name,num_samples,masked",
-    [("sgd_schedule_decay", 1, False), ("adam_clip", 1, False), ("sgd", 2, True)],
+    "tx_name,num_samples,masked,distribution",
+    [
+        ("sgd_schedule_decay", 1, False, "normal"),
+        ("adam_clip", 1, False, "normal"),
+        ("sgd", 2, True, "normal"),
+        ("sgd_schedule_decay", 2, True, "rademacher"),
+    ],
 )
-def test_replay_rebuilds_the_trained_params_bit_for_bit(tx_name, num_samples, masked):
+def test_replay_rebuilds_the_trained_params_bit_for_bit(tx_name, num_samples, masked, distribution):
     params0, loss_fn, data = mlp(num_layers=3, width=32)
     tx = {
         "sgd_schedule_decay": training.zo_sgd(
@@ -256,6 +320,7 @@ def test_replay_rebuilds_the_trained_params_bit_for_bit(tx_name, num_samples, ma
         num_samples=num_samples,
         mask=mask,
         chunk_size=SMALL_CHUNK,
+        distribution=distribution,
         return_projected_grad=True,
     )
     params, _, log, losses = training.fit(
@@ -263,14 +328,17 @@ def test_replay_rebuilds_the_trained_params_bit_for_bit(tx_name, num_samples, ma
     )
     assert [t for t, _ in log] == list(range(8)) and len(losses) == 8
     assert all(np.shape(g) == (() if num_samples == 1 else (num_samples,)) for _, g in log)
-    replayed, _ = training.replay(
-        params0, log, tx, root_key=root, mask=mask, chunk_size=SMALL_CHUNK
-    )
+    kw = dict(root_key=root, mask=mask, chunk_size=SMALL_CHUNK, distribution=distribution)
+    replayed, _ = training.replay(params0, log, tx, **kw)
     assert_bitwise_equal(replayed, params)
     # The log also works as an array of [step, g...] rows (float64 keeps float32 g exact).
     rows = np.array([[t, *np.atleast_1d(g)] for t, g in log], np.float64)
-    again, _ = training.replay(params0, rows, tx, root_key=root, mask=mask, chunk_size=SMALL_CHUNK)
+    again, _ = training.replay(params0, rows, tx, **kw)
     assert_bitwise_equal(again, params)
+    # With the other distribution the same log rebuilds other params.
+    other = "normal" if distribution == "rademacher" else "rademacher"
+    wrong, _ = training.replay(params0, log, tx, **{**kw, "distribution": other})
+    assert not all(np.array_equal(a, b) for a, b in zip(bits(wrong), bits(params)))
 
 
 def test_entries_outside_the_mask_never_change_bitwise():
@@ -292,11 +360,13 @@ def test_entries_outside_the_mask_never_change_bitwise():
     assert changed > 0
 
 
-@pytest.mark.parametrize("tx_name", ["sgd", "adam"])
-def test_loss_decreases_on_linear_regression(tx_name):
+@pytest.mark.parametrize(
+    "tx_name,distribution", [("sgd", "normal"), ("adam", "normal"), ("sgd", "rademacher")]
+)
+def test_loss_decreases_on_linear_regression(tx_name, distribution):
     params, loss_fn, (x, y) = linear_regression()
     tx = training.zo_sgd(2e-2) if tx_name == "sgd" else training.zo_adam(2e-2)
-    step = training.mezo_step(loss_fn, tx, eps=1e-3, num_samples=4)
+    step = training.mezo_step(loss_fn, tx, eps=1e-3, num_samples=4, distribution=distribution)
     initial = float(loss_fn(params, (x, y)))
     opt_state = tx.init(params)
     rng = np.random.default_rng(0)
@@ -320,6 +390,42 @@ def test_loss_decreases_on_a_small_mlp():
             params, opt_state, data, training.step_key(jax.random.key(3), t)
         )
     assert float(loss_fn(params, data)) < 0.9 * initial
+
+
+def step_and_forward_memory(params, loss_fn, data, **kw):
+    """memory_analysis of the jitted SGD step and of the forward: args + outputs - aliased + temp."""
+
+    def total(m):
+        return (
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            - m.alias_size_in_bytes
+            + m.temp_size_in_bytes
+        )
+
+    tx = optax.sgd(1e-3)
+    step = training.mezo_step(loss_fn, tx, eps=EPS, **kw)
+    mem = step.lower(params, tx.init(params), data, jax.random.key(0)).compile().memory_analysis()
+    options = training.lean_compiler_options() or None
+    forward = jax.jit(loss_fn, compiler_options=options).lower(params, data).compile()
+    return mem, total(mem), total(forward.memory_analysis())
+
+
+@pytest.mark.parametrize("distribution", training.DISTRIBUTIONS)
+@pytest.mark.parametrize("num_layers", [8, 4])
+def test_step_needs_the_forward_plus_one_perturbed_leaf(distribution, num_layers):
+    # Largest tensor 1/8 (1/4) of the params: the step may add the perturbed copy of that one
+    # leaf to the forward's memory (1 + 1/8 = 1.125x, the ≤ 1.15x target), nothing
+    # parameter-sized, and no z chunk buffers (z is fused into its consumers).
+    params, loss_fn, data = mlp(num_layers=num_layers, width=256, batch=16)
+    params_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+    largest = max(x.nbytes for x in jax.tree.leaves(params))
+    _, step_bytes, forward_bytes = step_and_forward_memory(
+        params, loss_fn, data, distribution=distribution, chunk_size=4096
+    )
+    assert largest <= step_bytes - forward_bytes < largest + 0.02 * params_bytes
+    if num_layers == 8:
+        assert step_bytes <= 1.15 * forward_bytes
 
 
 def test_jitted_step_temporaries_are_below_half_the_params():
@@ -367,3 +473,59 @@ def test_flax_nnx_model_trains_through_split_and_merge():
     assert float(loss_fn(params, (x, y))) < initial
     nnx.update(model, params)
     assert float(jnp.mean((model(x) - y) ** 2)) == pytest.approx(float(loss_fn(params, (x, y))))
+
+
+# ----------------------------------------------------------------------------- in-place mode
+
+
+@pytest.mark.parametrize("distribution", training.DISTRIBUTIONS)
+def test_in_place_step_needs_no_more_memory_than_the_forward(distribution):
+    # Largest tensor 1/4 of the params: the exact step needs 1.25x the forward (its perturbed
+    # copy); perturbing the donated buffers in place needs none.
+    params, loss_fn, data = mlp(num_layers=4, width=256, batch=16)
+    largest = max(x.nbytes for x in jax.tree.leaves(params))
+    kw = dict(distribution=distribution, chunk_size=4096)
+    _, exact, forward = step_and_forward_memory(params, loss_fn, data, **kw)
+    _, in_place, _ = step_and_forward_memory(params, loss_fn, data, in_place=True, **kw)
+    assert exact >= forward + largest
+    assert in_place <= 1.05 * forward < 1.15 * forward
+
+
+def test_in_place_replay_is_bit_exact_and_drift_is_rounding_only():
+    params0, loss_fn, data = mlp(num_layers=3, width=32)
+    mask = training.random_mask(jax.random.key(2), params0, density=0.5)
+    root = jax.random.key(5)
+    kw = dict(mask=mask, chunk_size=SMALL_CHUNK, distribution="normal")
+
+    def train(tx, in_place):
+        step = training.mezo_step(
+            loss_fn, tx, eps=EPS, in_place=in_place, return_projected_grad=True, **kw
+        )
+        return training.fit(step, copy(params0), tx.init(params0), [data] * 6, root_key=root)
+
+    tx = training.zo_sgd(5e-2, weight_decay=1e-2, decay_mask_fn=None)
+    params, _, log, _ = train(tx, True)
+    replayed, _ = training.replay(params0, log, tx, root_key=root, in_place_eps=EPS, **kw)
+    assert_bitwise_equal(replayed, params)
+    exact_replay, _ = training.replay(params0, log, tx, root_key=root, **kw)
+    assert not all(np.array_equal(a, b) for a, b in zip(bits(exact_replay), bits(params)))
+    for m, old, new in zip(mask_leaves(mask, params0), bits(params0), bits(params), strict=True):
+        outside = ~np.broadcast_to(np.asarray(m), old.shape)
+        np.testing.assert_array_equal(old[outside], new[outside])
+    # With a zero learning rate the exact step leaves θ bit for bit; in place, the rounding of
+    # θ+εz-2εz+εz moves it, by about an ulp of εz per step.
+    frozen, _, _, _ = train(optax.sgd(0.0), False)
+    assert_bitwise_equal(frozen, params0)
+    drifted, _, _, _ = train(optax.sgd(0.0), True)
+    # Each step rounds three times, to the spacing of |θ| + 2ε|z| at most (|z| < 6 here).
+    for old, new in zip(jax.tree.leaves(params0), jax.tree.leaves(drifted), strict=True):
+        old, new = np.asarray(old), np.asarray(new)
+        bound = 6 * 3 * np.spacing(np.abs(old) + np.float32(12 * EPS))
+        assert np.all(np.abs(new - old) <= bound)
+    assert not all(np.array_equal(a, b) for a, b in zip(bits(drifted), bits(params0)))
+
+
+def test_in_place_needs_one_sample():
+    _, loss_fn = quadratic_problem()
+    with pytest.raises(ValueError, match="num_samples"):
+        training.mezo_step(loss_fn, optax.sgd(1.0), eps=EPS, num_samples=2, in_place=True)
