@@ -12,8 +12,12 @@ Simulation here (:func:`federated_mezo`):
 - round ``r``, client ``k``, local step ``t`` uses ``key = fold_in(fold_in(fold_in(root_key, r),
   k), t)``; clients run in parallel (``jax.vmap`` over clients of a ``lax.scan`` over steps),
   each a masked ZO-SGD step ``θ ← θ - η·g·z`` from the round's server parameters;
+  ``sequential_clients=True`` runs them one after another instead (``lax.map``: the memory of
+  one client, for full-parameter runs of a large model);
 - the server rebuilds every client's parameters from its ``g`` values alone
   (:func:`virtual_paths`) and averages them;
+  ``server_replay=False`` averages the clients' own final parameters instead (the same numbers
+  up to float32 rounding, at half the cost of a simulated round);
 - communication is counted in bytes: uplink ``4·local_steps`` per client per round, downlink
   every client's scalars to every client (so each client can rebuild the average itself), next to
   what sending the masked weights densely would cost.
@@ -180,6 +184,8 @@ def federated_mezo(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     keep_client_params: bool = False,
     early_stop: EarlyStop | None = None,
+    server_replay: bool = True,
+    sequential_clients: bool = False,
 ) -> FederatedResult:
     """Simulates Meerkat: K clients, masked ZO-SGD locally, scalar uplink, server replay.
 
@@ -197,6 +203,14 @@ def federated_mezo(
       keep_client_params: store each round's client parameters in its :class:`RoundLog`.
       early_stop: Meerkat-vp; stopped clients neither train, send nor count in the average
         (needs ``pretrain_grad``).
+      server_replay: rebuild each client's parameters from its scalars (the protocol). With
+        False the simulation averages the clients' own final parameters instead: the same
+        numbers up to float32 rounding (XLA compiles the vmapped client and replay scans
+        differently; a few ulps) without a second pass over every client's z, which halves
+        the cost of a full-parameter run. Communication is counted the same way.
+      sequential_clients: run the clients one after another (``lax.map``) instead of side by
+        side (``jax.vmap``): the same steps, with the temporaries of one client at a time (a
+        full-parameter run of K clients under ``vmap`` holds K perturbed copies of the model).
 
     Returns:
       A :class:`FederatedResult`.
@@ -234,14 +248,17 @@ def federated_mezo(
 
     @jax.jit
     def run_clients(theta, batches, round_):
-        final, (gs, losses) = jax.vmap(local_path, in_axes=(None, 0, None, 0))(
-            theta, batches, round_, clients
-        )
+        if sequential_clients:
+            final, (gs, losses) = jax.lax.map(
+                lambda xs: local_path(theta, xs[0], round_, xs[1]), (batches, clients)
+            )
+        else:
+            final, (gs, losses) = jax.vmap(local_path, in_axes=(None, 0, None, 0))(
+                theta, batches, round_, clients
+            )
         return final, gs, losses
 
-    @jax.jit
-    def server(theta, gs, round_, active):
-        paths = jax.vmap(replay_path, in_axes=(None, 0, None, 0))(theta, gs, round_, clients)
+    def weighted_average(paths, active):
         weights = active.astype(jnp.float32) / jnp.maximum(active.sum(), 1)
 
         def average(x):
@@ -249,6 +266,16 @@ def federated_mezo(
             return jnp.sum(x.astype(jnp.float32) * w, axis=0).astype(x.dtype)
 
         return jax.tree.map(average, paths)
+
+    @jax.jit
+    def server(theta, gs, round_, active):
+        if sequential_clients:
+            paths = jax.lax.map(lambda xs: replay_path(theta, xs[0], round_, xs[1]), (gs, clients))
+        else:
+            paths = jax.vmap(replay_path, in_axes=(None, 0, None, 0))(theta, gs, round_, clients)
+        return weighted_average(paths, active)
+
+    average_finals = jax.jit(weighted_average)
 
     @jax.jit
     def gradip(gs, round_):
@@ -274,7 +301,10 @@ def federated_mezo(
         finals, gs, losses = run_clients(params, batches_r, r)  # only gs leave the clients
         gs = jnp.where(jnp.asarray(active)[:, None], gs, 0.0)
         ip = None if pretrain_grad is None else np.asarray(gradip(gs, r))
-        params = server(params, gs, r, jnp.asarray(active))
+        if server_replay:
+            params = server(params, gs, r, jnp.asarray(active))
+        else:
+            params = average_finals(finals, jnp.asarray(active))
         kept = finals if keep_client_params else None
         rounds.append(RoundLog(np.asarray(gs), np.asarray(losses), ip, kept, active.copy()))
         n_active = int(active.sum())

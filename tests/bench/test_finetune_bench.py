@@ -1,0 +1,119 @@
+"""Tests of the fine-tuning quality benchmark (bench/finetune.py) on its --tiny random model."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bench import finetune
+from training.tasks import polarity
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """``python -m bench.finetune --tiny`` (zero-shot, sparse MeZO, Meerkat), run once."""
+    folder = tmp_path_factory.mktemp("finetune")
+    argv = ["--tiny", "--json", str(folder / "f.json"), "--markdown", str(folder / "f.md"),
+            "--only", "zero-shot", "mezo-sparse", "fed-sparse"]  # fmt: skip
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rows = finetune.main(argv)
+    doc = json.loads((folder / "f.json").read_text())
+    return rows, doc, (folder / "f.md").read_text(), finetune.parse_args(argv)
+
+
+def test_tables_have_the_rows_asked_for(tiny_run):
+    rows, doc, md, args = tiny_run
+    assert [r["method"] for r in rows["quality"]] == ["zero-shot", "MeZO sparse 0.1 %"]
+    assert [(r["method"], r["split"][:3]) for r in rows["federated"]] == [
+        ("Meerkat (sparse)", "IID"),
+        ("Meerkat (sparse)", "non"),
+    ]
+    assert [r["table"] for r in doc["rows"]] == ["quality"] * 2 + ["federated"] * 2
+    assert doc["meta"]["benchmark"] == "finetune" and doc["meta"]["tiny"] is True
+    for r in rows["quality"] + rows["federated"]:
+        assert 0.0 <= r["test_acc"] <= 1.0
+        assert r["method"] in md
+    for r in rows["quality"]:
+        assert 0.0 <= r["dev_acc"] <= 1.0
+    sparse = rows["quality"][1]
+    assert sparse["steps"] == args.steps and sparse["wall_s"] > 0
+    assert md.count("\n|") >= 2 + 2 + 2 + 2  # two headers, two rules, four rows
+
+
+def test_bytes_are_one_float32_per_local_step_relayed_to_every_client(tiny_run):
+    rows, _, _, args = tiny_run
+    k, r, t = args.clients, args.rounds, args.local_steps
+    for row in rows["federated"]:
+        assert (row["clients"], row["rounds"], row["local_steps"]) == (k, r, t)
+        assert row["uplink_bytes"] == 4 * t * k * r
+        assert row["downlink_bytes"] == 4 * t * k * k * r
+        assert row["comm_bytes"] == row["uplink_bytes"] + row["downlink_bytes"]
+        assert row["dense_bytes"] == 2 * 4 * row["trainable"] * k * r
+        assert sum(row["client_sizes"]) == args.train_words
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    args = finetune.parse_args(["--tiny"])
+    return finetune.setup(args), args
+
+
+def test_last_logits_match_the_full_forward(tiny_setup):
+    s, _ = tiny_setup
+    from flax import nnx
+
+    tokens, last, _ = finetune.take(s.data["dev"], np.arange(6))
+    model = nnx.merge(s.graphdef, s.params, s.rest)
+    full = model(tokens)[0][jnp.arange(6), last]
+    np.testing.assert_allclose(
+        np.asarray(finetune.last_logits(model, tokens, last)), np.asarray(full), atol=1e-5
+    )
+    assert s.label_ids == polarity.label_token_ids(finetune.toy_encode(512))
+
+
+def test_sparse_delta_changes_the_masked_entries_only(tiny_setup):
+    s, _ = tiny_setup
+    import training
+
+    rng = np.random.default_rng(0)
+    mask = jax.tree.map(lambda p: rng.random(p.shape) < 0.01, s.params)
+    sparse = finetune.SparseDelta.from_mask(mask)
+    assert sparse.count == training.mask_count(mask, s.params) > 0
+    values = jax.jit(sparse.values)(s.params)
+    assert sum(v.size for v in values.values()) == sparse.count
+    merge = jax.jit(sparse.merge)
+    same = merge(s.params, values)
+    assert all(
+        jnp.array_equal(a, b) for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(s.params))
+    )
+    moved = merge(s.params, jax.tree.map(lambda v: v + 1.0, values))
+    for a, b, m in zip(jax.tree.leaves(moved), jax.tree.leaves(s.params), jax.tree.leaves(mask)):
+        np.testing.assert_array_equal(np.asarray(a != b), np.asarray(m))
+
+
+def test_mezo_runs_are_deterministic(tiny_setup):
+    s, args = tiny_setup
+    loss_fn, _ = finetune.task_fns(s)
+    kw = dict(steps=3, batch=4, lr=1e-3, eps=1e-3, seed=1)
+    p1, _, l1 = finetune.run_mezo(loss_fn, s.params, s.data["train"], **kw)
+    p2, _, l2 = finetune.run_mezo(loss_fn, s.params, s.data["train"], **kw)
+    assert l1 == l2
+    assert all(jnp.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
+    assert not all(
+        jnp.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(s.params))
+    )
+
+
+def test_client_splits_partition_the_training_words():
+    labels = np.array([0, 1] * 20)
+    for split in ("iid", "dirichlet"):
+        parts = finetune.client_splits(labels, 4, split, 0.3, 2)
+        assert sorted(np.concatenate(parts).tolist()) == list(range(40))
+        assert min(len(p) for p in parts) >= 2
