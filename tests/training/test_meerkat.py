@@ -230,12 +230,14 @@ def test_sequential_clients_take_the_same_steps_as_vmapped_ones():
     params, loss_fn, x, labels = make_task()
     parts = meerkat.dirichlet_split(labels, CLIENTS, 0.3, seed=0)
     data = client_batches(x, labels, parts)
-    kw = dict(mask=None, eps=1e-3, learning_rate=0.5, root_key=jax.random.key(0))
+    # Same keys and batches; only XLA's rounding differs between a vmapped and a plain forward
+    # (by jax version), and g = ΔL / 2ε magnifies it: a larger ε and a small lr keep the two
+    # paths within a tolerance that a different z or batch would break by orders of magnitude.
+    kw = dict(mask=None, eps=1e-2, learning_rate=0.05, root_key=jax.random.key(0))
     side_by_side = meerkat.federated_mezo(loss_fn, params, data, **kw)
     one_by_one = meerkat.federated_mezo(loss_fn, params, data, sequential_clients=True, **kw)
-    np.testing.assert_allclose(
-        side_by_side.rounds[0].projected_grads, one_by_one.rounds[0].projected_grads, rtol=1e-5
-    )
+    for a, b in zip(side_by_side.rounds, one_by_one.rounds, strict=True):
+        np.testing.assert_allclose(a.projected_grads, b.projected_grads, rtol=1e-3, atol=1e-3)
     for a, b in zip(jax.tree.leaves(side_by_side.params), jax.tree.leaves(one_by_one.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert side_by_side.uplink_bytes == one_by_one.uplink_bytes
