@@ -33,9 +33,8 @@ import numpy as np
 from flax import nnx
 
 import ecf8_jax
-from ecf8_jax.nn.convert import Where, _join, _set
+from ecf8_jax.nn.convert import Rewrite, Where
 from ecf8_jax.nn.layers import Ecf8Linear, Fp8Linear, dequantize, fp8_linear
-from ecf8_jax.nn.stack import Stacked
 from ecf8_jax.quantize import quantize_fp8
 
 MaskFn = Callable[[str, nnx.Module], np.ndarray]
@@ -207,75 +206,9 @@ def _pad_deltas(layers: list[nnx.Module]) -> None:
             d.pad(size)
 
 
-class _Rewrite:
-    """Walks a model, replacing each module ``select(path, m)`` picks by ``make(path, m)``.
-
-    ``make`` may return None (nothing replaced: a read-only visit). Adapters are not entered
-    (their base is not a candidate). A :class:`Stacked` is unstacked, rewritten layer by layer
-    and stacked again when anything in it changed. A module shared by several parents is
-    replaced once and stays shared.
-    """
-
-    def __init__(self, select: Callable[[str, nnx.Module], bool], make, what: str):
-        self.select, self.make, self.what = select, make, what
-        self.count = 0
-        # Keyed by id; the values keep the keyed modules alive (unstacked copies are temporary,
-        # and a freed module's id may be reused).
-        self.done: dict[int, tuple[nnx.Module, nnx.Module]] = {}
-        self.seen: dict[int, nnx.Module] = {}
-
-    def visit(self, node, prefix: str = "") -> bool:
-        changed = False
-        for key, child in list(nnx.iter_children(node)):
-            if not isinstance(child, nnx.Module):  # a Variable
-                continue
-            path = _join(prefix, str(key))
-            if id(child) in self.done:
-                _set(node, key, self.done[id(child)][1])
-                changed = True
-            elif isinstance(child, Stacked):
-                changed |= self.restack(child, path)
-            elif self.select(path, child):
-                self.count += 1
-                new = self.make(path, child)
-                if new is not None:
-                    self.done[id(child)] = (child, new)
-                    _set(node, key, new)
-                    changed = True
-            elif not isinstance(child, ADAPTERS) and id(child) not in self.seen:
-                self.seen[id(child)] = child
-                changed |= self.visit(child, path)
-        return changed
-
-    def restack(self, stacked: Stacked, prefix: str) -> bool:
-        layers = stacked.unstack()
-        changed = False
-        for i, layer in enumerate(layers):
-            at = _join(prefix, str(i))
-            if self.select(at, layer):  # a stack of bare linear layers
-                self.count += 1
-                new = self.make(at, layer)
-                if new is not None:
-                    layers[i], changed = new, True
-            else:
-                changed |= self.visit(layer, at)
-        if not changed:
-            return False
-        _pad_deltas(layers)
-        try:
-            restacked = Stacked(layers)
-        except ValueError as e:
-            raise ValueError(
-                f"{self.what}: the layers of the stack {prefix!r} differ afterwards "
-                "(`where` must select the same layers in each of them)"
-            ) from e
-        stacked.layer, stacked.fp8_leaves = restacked.layer, restacked.fp8_leaves
-        return True
-
-
 def _candidates(model: nnx.Module) -> list[str]:
     paths: list[str] = []
-    _Rewrite(lambda p, m: _is_linear(m), lambda p, m: paths.append(p), "").visit(model)
+    Rewrite(lambda p, m: _is_linear(m), lambda p, m: paths.append(p), "", skip=ADAPTERS).run(model)
     return paths
 
 
@@ -283,8 +216,8 @@ def _adapt(model, where: Where | None, make, what: str) -> nnx.Module:
     def select(path, m):
         return _is_linear(m) and (where is None or bool(where(path, m)))
 
-    walk = _Rewrite(select, make, what)
-    walk.visit(model)
+    walk = Rewrite(select, make, what, skip=ADAPTERS, before_restack=_pad_deltas)
+    walk.run(model)
     if walk.count == 0:
         seen = _candidates(model)
         shown = ", ".join(seen[:8]) + (", ..." if len(seen) > 8 else "")
@@ -419,7 +352,7 @@ def linear_weights(model: nnx.Module, where: Where | None = None) -> dict[str, n
     def select(p, m):
         return _is_linear(m) and (where is None or bool(where(p, m)))
 
-    _Rewrite(select, lambda p, m: out.__setitem__(p, _dequantized(m)), "").visit(model)
+    Rewrite(select, lambda p, m: out.__setitem__(p, _dequantized(m)), "", skip=ADAPTERS).run(model)
     return out
 
 
@@ -444,5 +377,5 @@ def merge_adapters(
     def select(p, m):
         return isinstance(m, ADAPTERS) and (where is None or bool(where(p, m)))
 
-    _Rewrite(select, lambda p, m: _merged(m, encode), "merge_adapters").visit(model)
+    Rewrite(select, lambda p, m: _merged(m, encode), "merge_adapters", skip=ADAPTERS).run(model)
     return model

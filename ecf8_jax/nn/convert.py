@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -14,10 +13,6 @@ from ecf8_jax.nn.layers import Ecf8Embed, Ecf8Linear, Fp8Embed, Fp8Linear
 from ecf8_jax.nn.stack import Stacked
 
 Where = Callable[[str, nnx.Module], bool]
-
-
-def _path_str(path: tuple) -> str:
-    return ".".join(str(p) for p in path)
 
 
 def _join(*parts: str) -> str:
@@ -72,6 +67,102 @@ def compress_layer(
     raise TypeError(f"compress_layer converts Fp8Linear / Fp8Embed, not {type(layer).__name__}")
 
 
+class Rewrite:
+    """Walks a model, replacing each module ``select(path, m)`` picks by ``make(path, m)``.
+
+    The one model walker behind :func:`compress_model` and the adapters. Paths are dotted
+    attribute paths (``"layers.0.self_attn.q_proj"``, also inside a :class:`Stacked`). ``make``
+    may return None (nothing replaced: a read-only visit). Modules of the ``skip`` types are not
+    entered. A :class:`Stacked` is unstacked, rewritten layer by layer and stacked again when
+    anything in it changed (``before_restack(layers)`` runs first). A module shared by several
+    parents (a tied embedding) is replaced once and stays shared.
+
+    Args:
+      select: ``(path, module) -> bool``.
+      make: ``(path, module) -> module | None``.
+      what: the caller's name, for error messages.
+      skip: module types whose children are not visited.
+      before_restack: called with a stack's rewritten layers before they are stacked again.
+
+    Attributes:
+      count: how many modules ``select`` picked.
+    """
+
+    def __init__(
+        self,
+        select: Callable[[str, nnx.Module], bool],
+        make: Callable[[str, nnx.Module], nnx.Module | None],
+        what: str,
+        *,
+        skip: tuple[type, ...] = (),
+        before_restack: Callable[[list[nnx.Module]], None] | None = None,
+    ):
+        self.select, self.make, self.what = select, make, what
+        self.skip, self.before_restack = skip, before_restack
+        self.count = 0
+        # Keyed by id; the values keep the keyed modules alive (unstacked copies are temporary,
+        # and a freed module's id may be reused).
+        self.done: dict[int, tuple[nnx.Module, nnx.Module]] = {}
+        self.seen: dict[int, nnx.Module] = {}
+
+    def run(self, model: nnx.Module) -> bool:
+        """Rewrites ``model`` in place (a :class:`Stacked` itself included); True if changed."""
+        if isinstance(model, Stacked):
+            return self.restack(model, "")
+        return self.visit(model)
+
+    def visit(self, node, prefix: str = "") -> bool:
+        """Rewrites below ``node`` (whose path is ``prefix``); True if anything changed."""
+        changed = False
+        for key, child in list(nnx.iter_children(node)):
+            if not isinstance(child, nnx.Module):  # a Variable
+                continue
+            path = _join(prefix, str(key))
+            if id(child) in self.done:
+                _set(node, key, self.done[id(child)][1])
+                changed = True
+            elif isinstance(child, Stacked):
+                changed |= self.restack(child, path)
+            elif self.select(path, child):
+                self.count += 1
+                new = self.make(path, child)
+                if new is not None:
+                    self.done[id(child)] = (child, new)
+                    _set(node, key, new)
+                    changed = True
+            elif not isinstance(child, self.skip) and id(child) not in self.seen:
+                self.seen[id(child)] = child
+                changed |= self.visit(child, path)
+        return changed
+
+    def restack(self, stacked: Stacked, prefix: str) -> bool:
+        """Rewrites the layers of ``stacked`` one by one and stacks them again if changed."""
+        layers = stacked.unstack()
+        changed = False
+        for i, layer in enumerate(layers):
+            at = _join(prefix, str(i))
+            if self.select(at, layer):  # a stack of bare linear layers
+                self.count += 1
+                new = self.make(at, layer)
+                if new is not None:
+                    layers[i], changed = new, True
+            else:
+                changed |= self.visit(layer, at)
+        if not changed:
+            return False
+        if self.before_restack is not None:
+            self.before_restack(layers)
+        try:
+            restacked = Stacked(layers)
+        except ValueError as e:
+            raise ValueError(
+                f"{self.what}: the layers of the stack {prefix!r} differ afterwards "
+                "(`where` must select the same layers in each of them)"
+            ) from e
+        stacked.layer, stacked.fp8_leaves = restacked.layer, restacked.fp8_leaves
+        return True
+
+
 def compress_model(
     model: nnx.Module,
     where: Where | None = None,
@@ -98,52 +189,12 @@ def compress_model(
     Returns:
       ``model`` (for chaining).
     """
-    # Stacks first: convert their layers one by one and stack the results again.
-    stacks = [(path, m) for path, m in nnx.iter_modules(model) if isinstance(m, Stacked)]
-    inside: set[int] = set()
-    for path, stacked in stacks:
-        prefix = _path_str(path)
-        layers = stacked.unstack()
-        for i, layer in enumerate(layers):
-            at = functools.partial(_join, prefix, str(i))
-            if isinstance(layer, Fp8Linear | Fp8Embed):  # a stack of bare linear layers
-                if where is None or where(at(""), layer):
-                    layers[i] = compress_layer(
-                        layer, chunk_steps=chunk_steps, pad=pad, implementation=implementation
-                    )
-                continue
-            sub = None if where is None else (lambda p, m, at=at: where(at(p), m))
-            compress_model(
-                layer, sub, chunk_steps=chunk_steps, pad=pad, implementation=implementation
-            )
-        try:
-            restacked = Stacked(layers)
-        except ValueError as e:
-            raise ValueError(
-                f"compress_model: after conversion the layers of the stack {prefix!r} differ "
-                "(`where` must select the same layers in each of them)"
-            ) from e
-        stacked.layer, stacked.fp8_leaves = restacked.layer, restacked.fp8_leaves
-        inside.update(id(m) for _, m in nnx.iter_modules(stacked.layer))
-    # iter_modules yields each module once (at its first path); a shared layer is replaced at
-    # every parent that refers to it, so walk each module's direct children.
-    parents = [(p, m) for p, m in nnx.iter_modules(model) if id(m) not in inside]
-    paths: dict[int, str] = {}
-    for path, module in parents:
-        if path and isinstance(module, Fp8Linear | Fp8Embed):
-            paths.setdefault(id(module), _path_str(path))
-    done: dict[int, nnx.Module] = {}
-    for _, parent in parents:
-        for key, child in list(nnx.iter_children(parent)):
-            if not isinstance(child, Fp8Linear | Fp8Embed) or id(child) in inside:
-                continue
-            if where is not None and not where(paths[id(child)], child):
-                continue
-            new = done.get(id(child))
-            if new is None:
-                new = compress_layer(
-                    child, chunk_steps=chunk_steps, pad=pad, implementation=implementation
-                )
-                done[id(child)] = new
-            _set(parent, key, new)
+
+    def select(path, m):
+        return isinstance(m, Fp8Linear | Fp8Embed) and (where is None or bool(where(path, m)))
+
+    def make(path, m):
+        return compress_layer(m, chunk_steps=chunk_steps, pad=pad, implementation=implementation)
+
+    Rewrite(select, make, "compress_model").run(model)
     return model
