@@ -8,6 +8,7 @@ The short tour::
     ecf8_jax.verify_checksums(t)          # CRC-32 per chunk, on request
     w = jax.jit(ecf8_jax.decode)(t)       # bit-identical FP8 array
     print(ecf8_jax.stats(w_fp8))          # entropies, bits/weight, byte breakdown
+    ecf8_jax.compress_model(model)        # an NNX model's FP8 layers -> ECF8, in place
 """
 
 from ecf8_jax.codec import decode, decode_chunks, matmul, pad_stream, stack
@@ -28,6 +29,7 @@ __all__ = [
     "Ecf8Tensor",
     "FormatError",
     "Stats",
+    "compress_model",
     "decode",
     "decode_chunks",
     "encode",
@@ -38,3 +40,12 @@ __all__ = [
     "validate",
     "verify_checksums",
 ]
+
+
+def __getattr__(name: str):
+    # Flax is imported only by those who use the models (``ecf8_jax.nn``).
+    if name == "compress_model":
+        from ecf8_jax.nn import compress_model
+
+        return compress_model
+    raise AttributeError(f"module 'ecf8_jax' has no attribute {name!r}")

@@ -209,3 +209,9 @@ def test_short_lookup_decodes_far_less_than_the_table():
     assert temp_bytes(ecf8) < table_bytes // 2  # 4 chunks of 16 and their decoder state
     whole = jax.jit(lambda t: ecf8_jax.decode(t)).lower(ecf8.table.get_value()).compile()
     assert whole.memory_analysis().temp_size_in_bytes >= table_bytes  # what it used to cost
+
+
+def test_compress_model_is_exported_at_the_top_level():
+    assert ecf8_jax.compress_model is enn.compress_model
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        ecf8_jax.no_such_thing  # noqa: B018
