@@ -128,6 +128,24 @@ class Batch:
     labels: object
 
 
+def _width(rows: list[list], length: int | None) -> int:
+    """``length`` (default: the longest row), checked to hold every row."""
+    width = length or max(len(r) for r in rows)
+    if any(len(r) > width for r in rows):
+        raise ValueError(f"a prompt needs more than {width} tokens")
+    return width
+
+
+def _pad(rows: list[list], width: int, dtype):
+    """``rows`` right-padded with zeros into a ``[len(rows), width]`` numpy array."""
+    import numpy as np
+
+    out = np.zeros((len(rows), width), dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
 def make_batch(examples: list[Example], encode, length: int | None = None) -> Batch:
     """Tokenizes ``examples`` with ``encode(text) -> list[int]``.
 
@@ -145,14 +163,8 @@ def make_batch(examples: list[Example], encode, length: int | None = None) -> Ba
             answer = encode(PROMPT.format(word=ex.word) + label_word)[len(prompt) :]
             rows.append(prompt + answer)
             marks.append([False] * len(prompt) + [True] * len(answer))
-    width = length or max(len(r) for r in rows)
-    if any(len(r) > width for r in rows):
-        raise ValueError(f"a prompt needs more than {width} tokens")
-    tokens = np.zeros((len(rows), width), np.int32)
-    targets = np.zeros((len(rows), width), bool)
-    for i, (r, m) in enumerate(zip(rows, marks, strict=True)):
-        tokens[i, : len(r)] = r
-        targets[i, : len(m)] = m
+    width = _width(rows, length)
+    tokens, targets = _pad(rows, width, np.int32), _pad(marks, width, bool)
     b = len(examples)
     labels = np.array([ex.label for ex in examples], np.int32)
     return Batch(tokens.reshape(b, 2, width), targets.reshape(b, 2, width), labels)
@@ -174,13 +186,18 @@ def candidate_scores(logits, batch: Batch):
 
 def loss_and_accuracy(logits, batch: Batch):
     """Cross-entropy over the two candidates' scores, and the accuracy of their argmax."""
+    loss, correct = _choice_loss(candidate_scores(logits, batch), batch.labels)
+    return loss, correct.mean()
+
+
+def _choice_loss(scores, labels):
+    """Cross-entropy of float[B, 2] candidate scores against int[B] labels, and bool[B] hits."""
     import jax
     import jax.numpy as jnp
 
-    scores = candidate_scores(logits, batch)
-    labels = jnp.asarray(batch.labels)
+    labels = jnp.asarray(labels)
     loss = -jnp.take_along_axis(jax.nn.log_softmax(scores, -1), labels[:, None], 1).mean()
-    return loss, (scores.argmax(-1) == labels).mean()
+    return loss, scores.argmax(-1) == labels
 
 
 def label_token_ids(encode) -> tuple[int, ...] | None:
@@ -245,12 +262,7 @@ def make_prompt_batch(
             if encode(PROMPT.format(word=ex.word) + label_word) != prompt + [label_id]:
                 raise ValueError(f"{label_word!r} is not the token {label_id} after {ex.word!r}")
         rows.append(prompt)
-    width = length or max(len(r) for r in rows)
-    if any(len(r) > width for r in rows):
-        raise ValueError(f"a prompt needs more than {width} tokens")
-    tokens = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        tokens[i, : len(r)] = r
+    tokens = _pad(rows, _width(rows, length), np.int32)
     last = np.array([len(r) - 1 for r in rows], np.int32)
     labels = np.array([ex.label for ex in examples], np.int32)
     return PromptBatch(tokens, last, labels)
@@ -272,8 +284,5 @@ def choice_loss_and_accuracy(last_logits, label_ids, labels):
     import jax.numpy as jnp
 
     logp = jax.nn.log_softmax(last_logits.astype(jnp.float32), axis=-1)
-    scores = logp[:, jnp.asarray(label_ids)]
-    labels = jnp.asarray(labels)
-    loss = -jnp.take_along_axis(jax.nn.log_softmax(scores, -1), labels[:, None], 1).mean()
-    correct = scores.argmax(-1) == labels
+    loss, correct = _choice_loss(logp[:, jnp.asarray(label_ids)], labels)
     return loss, correct.mean(), correct
