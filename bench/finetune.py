@@ -326,7 +326,19 @@ def sample_batches(n_train: int, batch: int, steps: int, seed: int) -> np.ndarra
     return np.stack([rng.choice(n_train, batch, replace=False) for _ in range(steps)])
 
 
-def run_mezo(loss_fn, params, data, *, steps, batch, lr, eps, seed, prng="threefry2x32"):
+def run_mezo(
+    loss_fn,
+    params,
+    data,
+    *,
+    steps,
+    batch,
+    lr,
+    eps,
+    seed,
+    prng="threefry2x32",
+    distribution=training.DEFAULT_DISTRIBUTION,
+):
     """ZO-SGD (MeZO, no weight decay) for ``steps`` steps from a copy of ``params``.
 
     Returns:
@@ -334,9 +346,10 @@ def run_mezo(loss_fn, params, data, *, steps, batch, lr, eps, seed, prng="threef
       steps (the first step's compilation excluded).
     """
     tx = training.zo_sgd(lr)
-    cache_key = (id(loss_fn), lr, eps)
-    if cache_key not in _STEP_CACHE:  # one compilation per loss, lr and eps
-        _STEP_CACHE[cache_key] = (loss_fn, training.mezo_step(loss_fn, tx, eps=eps))
+    cache_key = (id(loss_fn), lr, eps, distribution)
+    if cache_key not in _STEP_CACHE:  # one compilation per loss, lr, eps and z distribution
+        step = training.mezo_step(loss_fn, tx, eps=eps, distribution=distribution)
+        _STEP_CACHE[cache_key] = (loss_fn, step)
     step = _STEP_CACHE[cache_key][1]
     params = jax.tree.map(jnp.array, params)  # the step donates its input
     opt_state = tx.init(params)
@@ -406,16 +419,39 @@ def client_batches(data, parts, *, rounds, local_steps, batch, seed):
 
 
 def run_federated(
-    loss_fn, params, data, parts, *, rounds, local_steps, batch, lr, eps, seed, prng, sequential
+    loss_fn,
+    params,
+    data,
+    parts,
+    *,
+    rounds,
+    local_steps,
+    batch,
+    lr,
+    eps,
+    seed,
+    prng,
+    sequential,
+    distribution=training.DEFAULT_DISTRIBUTION,
+    on_round=None,
 ):
     """``meerkat.federated_mezo`` over ``parts``; returns ``(result, wall_seconds)``.
 
     ``sequential`` runs the clients one after another (full-parameter runs: K perturbed copies
-    of a 135 M model under ``vmap`` ran out of memory on a 23 GB machine).
+    of a 135 M model under ``vmap`` ran out of memory on a 23 GB machine). The wall time
+    excludes what ``on_round(round, server_params, bytes)`` spends (evaluation).
     """
     batches = client_batches(
         data, parts, rounds=rounds, local_steps=local_steps, batch=batch, seed=seed
     )
+    outside = [0.0]
+
+    def timed_on_round(r, p, sent):
+        if on_round is not None:
+            t0 = time.perf_counter()
+            on_round(r, p, sent)
+            outside[0] += time.perf_counter() - t0
+
     start = time.perf_counter()
     result = meerkat.federated_mezo(
         loss_fn,
@@ -427,9 +463,11 @@ def run_federated(
         root_key=jax.random.key(seed, impl=prng),
         server_replay=False,
         sequential_clients=sequential,
+        distribution=distribution,
+        on_round=timed_on_round,
     )
     jax.block_until_ready(result.params)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start - outside[0]
 
 
 # --------------------------------------------------------------------------- tables
@@ -457,6 +495,13 @@ FEDERATED_COLUMNS = [
     ("comm_bytes", "bytes up+down", ","),
     ("dense_bytes", "dense-weight bytes", ".3g"),
     ("wall_s", "wall s", ".0f"),
+    ("test_acc", "test acc", ".3f"),
+]
+CURVE_COLUMNS = [
+    ("method", "method", ""),
+    ("split", "split", ""),
+    ("round", "after round", ""),
+    ("comm_bytes", "bytes up+down", ","),
     ("test_acc", "test acc", ".3f"),
 ]
 
@@ -508,6 +553,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int)
     p.add_argument("--local-steps", type=int)
     p.add_argument("--alpha", type=float, help="Dirichlet alpha of the non-IID split")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        metavar="R",
+        help="federated: test accuracy every R rounds too (accuracy vs bytes); 0: at the end",
+    )
+    p.add_argument(
+        "--distribution",
+        default=training.DEFAULT_DISTRIBUTION,
+        choices=["normal", "rademacher"],
+        help="z of every MeZO run: MeZO's Gaussian (default) or Rademacher signs (cheaper)",
+    )
     p.add_argument(
         "--only",
         nargs="+",
@@ -640,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
                     eps=args.eps,
                     seed=seed,
                     prng=args.prng,
+                    distribution=args.distribution,
                 )
                 return sparse.merge(base, values), wall, losses
 
@@ -690,6 +749,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
                         eps=args.eps,
                         seed=seed,
                         prng=args.prng,
+                        distribution=args.distribution,
                     ),
                     args.full_steps,
                     total,
@@ -710,6 +770,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
             else:
                 name, lr, fn, p0 = "full-param fed ZO", args.lr_full[0], loss_fn, s.params
                 count = total
+            curve = []
+
+            def on_round(r, p, sent, method=method, curve=curve, tag=f"{name} {label}"):
+                if (r + 1) % args.rounds == 0 or (
+                    args.eval_every and (r + 1) % args.eval_every == 0
+                ):
+                    full = p if method == "fed-full" else sparse.merge(base, p)
+                    acc = accuracy(correct_fn, full, test)
+                    curve.append(dict(round=r + 1, comm_bytes=sent, test_acc=acc))
+                    print(f"  {tag} round {r + 1}: {sent:,} B, test {acc:.3f}", flush=True)
+
             result, wall = run_federated(
                 fn,
                 p0,
@@ -723,8 +794,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
                 seed=args.seeds[0],
                 prng=args.prng,
                 sequential=method == "fed-full",
+                distribution=args.distribution,
+                on_round=on_round,
             )
-            final = result.params if method == "fed-full" else sparse.merge(base, result.params)
             emit(
                 federated,
                 dict(
@@ -740,7 +812,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
                     comm_bytes=result.uplink_bytes + result.downlink_bytes,
                     dense_bytes=result.dense_bytes,
                     wall_s=wall,
-                    test_acc=accuracy(correct_fn, final, test),
+                    test_acc=curve[-1]["test_acc"],
+                    curve=curve,
                     client_sizes=[len(p) for p in parts],
                     last_losses=np.asarray(result.rounds[-1].losses).mean(1).tolist(),
                 ),
@@ -755,13 +828,16 @@ def render(quality, federated, args) -> str:
     """Both markdown tables with a line on how they were made."""
     out = [
         f"MeZO eps {args.eps:g}, batch {args.batch}, ZO-SGD (no decay, no momentum), "
-        f"prng {args.prng}; dev = first {args.dev_words} dev words (choice of lr), "
+        f"z {args.distribution}, prng {args.prng}; dev = first {args.dev_words} dev words (choice of lr), "
         f"test = {args.test_words or 'all'} test words.",
         "",
         markdown_table(quality, QUALITY_COLUMNS),
     ]
     if federated:
         out += ["", markdown_table(federated, FEDERATED_COLUMNS)]
+        points = [dict(r, **c) for r in federated for c in r["curve"]]
+        if len(points) > len(federated):
+            out += ["", markdown_table(points, CURVE_COLUMNS)]
     return "\n".join(out)
 
 

@@ -41,7 +41,12 @@ import optax
 
 from training.masks import mask_count
 from training.mezo import mezo_value_and_grad, zo_update
-from training.perturb import DEFAULT_CHUNK_SIZE, map_with_z
+from training.perturb import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_DISTRIBUTION,
+    check_distribution,
+    map_with_z,
+)
 
 PyTree = Any
 Array = jax.Array
@@ -159,7 +164,9 @@ class FederatedResult(NamedTuple):
     dense_bytes: int
 
 
-def _directional(grad_tree: PyTree, key: Array, mask: PyTree, chunk_size: int) -> Array:
+def _directional(
+    grad_tree: PyTree, key: Array, mask: PyTree, chunk_size: int, distribution: str
+) -> Array:
     """``⟨grad_tree, z⟩`` for the z of ``key`` (regenerated, zero outside the mask)."""
     products = map_with_z(
         lambda g, z, m: jnp.zeros((), jnp.float32) if z is None else g.astype(jnp.float32) * z,
@@ -167,6 +174,7 @@ def _directional(grad_tree: PyTree, key: Array, mask: PyTree, chunk_size: int) -
         grad_tree,
         mask=mask,
         chunk_size=chunk_size,
+        distribution=distribution,
     )
     return sum(jnp.sum(x) for x in jax.tree.leaves(products))
 
@@ -186,6 +194,8 @@ def federated_mezo(
     early_stop: EarlyStop | None = None,
     server_replay: bool = True,
     sequential_clients: bool = False,
+    distribution: str = DEFAULT_DISTRIBUTION,
+    on_round: Callable[[int, PyTree, int], None] | None = None,
 ) -> FederatedResult:
     """Simulates Meerkat: K clients, masked ZO-SGD locally, scalar uplink, server replay.
 
@@ -211,6 +221,10 @@ def federated_mezo(
       sequential_clients: run the clients one after another (``lax.map``) instead of side by
         side (``jax.vmap``): the same steps, with the temporaries of one client at a time (a
         full-parameter run of K clients under ``vmap`` holds K perturbed copies of the model).
+      distribution: the distribution of z, ``"normal"`` (MeZO's) or ``"rademacher"`` (see
+        :func:`training.mezo_step`); clients, server and GradIP all use it.
+      on_round: called after every round as ``on_round(round, server_params, bytes)`` with the
+        bytes communicated so far (uplink + downlink), e.g. to trace accuracy against bytes.
 
     Returns:
       A :class:`FederatedResult`.
@@ -219,9 +233,10 @@ def federated_mezo(
     if len(leading) != 1 or len(next(iter(leading))) != 3:
         raise ValueError(f"client_batches leaves need [rounds, clients, steps, ...], got {leading}")
     num_rounds, num_clients, local_steps = next(iter(leading))
-    grad_fn = mezo_value_and_grad(loss_fn, eps=eps, mask=mask, chunk_size=chunk_size)
+    kw = dict(mask=mask, chunk_size=chunk_size, distribution=check_distribution(distribution))
+    grad_fn = mezo_value_and_grad(loss_fn, eps=eps, **kw)
     tx = optax.sgd(learning_rate)  # stateless: one init state serves every client and step
-    update, sgd_state = zo_update(tx, mask=mask, chunk_size=chunk_size), tx.init(params)
+    update, sgd_state = zo_update(tx, **kw), tx.init(params)
 
     def local_path(theta, batches, round_, client):
         def body(p, xs):
@@ -283,7 +298,9 @@ def federated_mezo(
             keys = jax.vmap(lambda t: client_key(root_key, round_, client, t))(
                 jnp.arange(local_steps, dtype=jnp.uint32)
             )
-            dots = jax.lax.map(lambda k: _directional(pretrain_grad, k, mask, chunk_size), keys)
+            dots = jax.lax.map(
+                lambda k: _directional(pretrain_grad, k, mask, chunk_size, distribution), keys
+            )
             return jnp.mean(g_row * dots)
 
         return jax.vmap(per_client)(gs, clients)
@@ -311,6 +328,8 @@ def federated_mezo(
         uplink += BYTES_PER_SCALAR * local_steps * n_active
         downlink += BYTES_PER_SCALAR * local_steps * n_active * n_active
         dense += 2 * 4 * mask_count(mask, params) * n_active
+        if on_round is not None:
+            on_round(r, params, uplink + downlink)
         if early_stop is not None:
             history.append(np.where(active, ip, np.nan))
             trajectory = np.stack(history)
@@ -334,6 +353,7 @@ def virtual_paths(
     learning_rate: float,
     root_key: Array,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
 ) -> PyTree:
     """The server's replay of one round: every client's parameters from its scalars alone.
 
@@ -341,13 +361,14 @@ def virtual_paths(
       params: the server parameters at the start of the round.
       projected_grads: ``[clients, local_steps]`` from :class:`RoundLog`.
       round_: the round number (part of the keys).
-      mask, learning_rate, root_key, chunk_size: as in :func:`federated_mezo`.
+      mask, learning_rate, root_key, chunk_size, distribution: as in :func:`federated_mezo`.
 
     Returns:
       A pytree like ``params`` with a leading ``[clients]`` axis.
     """
     tx = optax.sgd(learning_rate)
-    update, sgd_state = zo_update(tx, mask=mask, chunk_size=chunk_size), tx.init(params)
+    kw = dict(mask=mask, chunk_size=chunk_size, distribution=check_distribution(distribution))
+    update, sgd_state = zo_update(tx, **kw), tx.init(params)
     num_clients, local_steps = np.shape(projected_grads)
 
     def path(gs, client):

@@ -20,7 +20,7 @@ def tiny_run(tmp_path_factory):
     """``python -m bench.finetune --tiny`` (zero-shot, sparse MeZO, Meerkat), run once."""
     folder = tmp_path_factory.mktemp("finetune")
     argv = ["--tiny", "--json", str(folder / "f.json"), "--markdown", str(folder / "f.md"),
-            "--only", "zero-shot", "mezo-sparse", "fed-sparse"]  # fmt: skip
+            "--only", "zero-shot", "mezo-sparse", "fed-sparse", "--eval-every", "1"]  # fmt: skip
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rows = finetune.main(argv)
@@ -57,6 +57,12 @@ def test_bytes_are_one_float32_per_local_step_relayed_to_every_client(tiny_run):
         assert row["comm_bytes"] == row["uplink_bytes"] + row["downlink_bytes"]
         assert row["dense_bytes"] == 2 * 4 * row["trainable"] * k * r
         assert sum(row["client_sizes"]) == args.train_words
+        # --eval-every 1: accuracy after every round, against the bytes sent so far
+        per_round = row["comm_bytes"] // r
+        assert [(c["round"], c["comm_bytes"]) for c in row["curve"]] == [
+            (i + 1, per_round * (i + 1)) for i in range(r)
+        ]
+        assert row["curve"][-1]["test_acc"] == row["test_acc"]
 
 
 @pytest.fixture(scope="module")

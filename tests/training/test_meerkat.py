@@ -241,3 +241,36 @@ def test_sequential_clients_take_the_same_steps_as_vmapped_ones():
     for a, b in zip(jax.tree.leaves(side_by_side.params), jax.tree.leaves(one_by_one.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert side_by_side.uplink_bytes == one_by_one.uplink_bytes
+
+
+def test_rademacher_clients_replay_with_rademacher_and_on_round_traces_bytes():
+    params, loss_fn, x, labels = make_task()
+    parts = meerkat.dirichlet_split(labels, CLIENTS, 0.3, seed=0)
+    data = client_batches(x, labels, parts)
+    mask = training.gradient_mask(loss_fn, params, [(jnp.asarray(x), jnp.asarray(labels))], 0.3)
+    kw = dict(mask=mask, learning_rate=0.5, root_key=jax.random.key(0))
+    seen = []
+    result = meerkat.federated_mezo(
+        loss_fn,
+        params,
+        data,
+        eps=1e-3,
+        keep_client_params=True,
+        distribution="rademacher",
+        on_round=lambda r, p, sent: seen.append((r, sent, p)),
+        **kw,
+    )
+    per_round = 4 * STEPS * CLIENTS * (1 + CLIENTS)  # uplink + every client's scalars to all
+    assert [(r, sent) for r, sent, _ in seen] == [(r, per_round * (r + 1)) for r in range(ROUNDS)]
+    for a, b in zip(jax.tree.leaves(seen[-1][2]), jax.tree.leaves(result.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+    first = result.rounds[0]
+    for distribution, close in (("rademacher", True), ("normal", False)):
+        paths = meerkat.virtual_paths(
+            params, first.projected_grads, round_=0, distribution=distribution, **kw
+        )
+        agree = all(
+            np.allclose(a, b, rtol=1e-6, atol=1e-7)
+            for a, b in zip(jax.tree.leaves(paths), jax.tree.leaves(first.client_params))
+        )
+        assert agree == close, distribution
