@@ -84,6 +84,8 @@ DEFAULTS = dict(  # the settings of the recorded CPU run (see the module docstri
     adam_steps=40,
     density=1e-3,
     calib_batches=8,
+    scale_batches=16,
+    scale_probes=16,
     dev_words=200,
     clients=4,
     rounds=10,
@@ -98,6 +100,8 @@ TINY = dict(
     lr_adam=(1e-3,),
     adam_steps=2,
     calib_batches=1,
+    scale_batches=3,
+    scale_probes=2,
     dev_words=16,
     test_words=24,
     train_words=64,
@@ -396,6 +400,66 @@ def run_adam(loss_fn, params, data, *, steps, batch, lr, seed):
     return params, _wall(start, steps), losses
 
 
+def zo_scale(loss_fn, params, data, *, batch, batches, probes, eps, lr, seed, distribution):
+    """What one ZO-SGD step can do here: the quantities of the step's expected loss change.
+
+    For ``θ ← θ - lr·g·z`` with ``g ≈ zᵀ∇L_B`` (mini-batch ``B``, z normal or Rademacher),
+    to second order ``E[ΔL] ≈ -lr·G + ½·lr²·E|∇L_B|²·tr H`` with ``G = |∇L|²`` (the full-data
+    gradient) and ``tr H = E[zᵀHz]`` (dropping ``2·∇L_Bᵀ H ∇L_B``, small next to ``|∇L_B|²·tr H``
+    when H has many directions). So the best lr is ``G / (E|∇L_B|²·tr H)`` and the best expected
+    decrease per step ``G² / (2·E|∇L_B|²·tr H)``; the dimension enters through ``tr H``.
+
+    Measured: ``G`` without bias as the mean ``∇L_{B_i}·∇L_{B_j}`` over pairs ``i ≠ j`` of
+    ``batches`` mini-batch gradients (``jax.grad``), ``E|∇L_B|²`` as their mean squared norm,
+    and ``tr H`` as the mean over ``probes`` (batch, z) pairs of the central second difference
+    ``(L(θ+εz) + L(θ-εz) - 2L(θ)) / ε²``.
+
+    Returns:
+      A dict of those numbers, the best lr, the predicted ``E[ΔL]`` per step at ``lr``, and
+      the steps that would take at the best lr to lower the loss by 0.05 (None where ``G`` or
+      ``tr H`` is not positive: then no lr helps in expectation).
+    """
+    grad_fn = jax.jit(jax.grad(loss_fn))
+    idx = sample_batches(len(data[2]), batch, batches + probes, seed)
+    total, sq = None, 0.0
+    for i in range(batches):
+        g = grad_fn(params, take(data, idx[i]))
+        sq += float(sum(jnp.vdot(x, x) for x in jax.tree.leaves(g)))
+        total = g if total is None else jax.tree.map(jnp.add, total, g)
+        del g
+    summed = float(sum(jnp.vdot(x, x) for x in jax.tree.leaves(total)))
+    del total
+    gradient_sq = (summed - sq) / (batches * (batches - 1))
+    batch_sq = sq / batches
+
+    @jax.jit
+    def second_difference(p, arrays, key):
+        up = training.perturb(p, key, eps, distribution=distribution)
+        down = training.perturb(p, key, -eps, distribution=distribution)
+        return (loss_fn(up, arrays) + loss_fn(down, arrays) - 2 * loss_fn(p, arrays)) / eps**2
+
+    root = jax.random.key(seed + 1)
+    curv = [
+        float(second_difference(params, take(data, idx[batches + j]), jax.random.fold_in(root, j)))
+        for j in range(probes)
+    ]
+    trace = float(np.mean(curv))
+    useful = gradient_sq > 0 and trace > 0  # else no step size helps in expectation
+    best_lr = gradient_sq / (batch_sq * trace) if useful else None
+    best_decrease = gradient_sq**2 / (2 * batch_sq * trace) if useful else None
+    return dict(
+        grad_sq=gradient_sq,
+        batch_grad_sq=batch_sq,
+        trace_h=trace,
+        trace_h_sem=float(np.std(curv) / np.sqrt(len(curv))),
+        best_lr=best_lr,
+        best_decrease=best_decrease,
+        lr=lr,
+        decrease_at_lr=lr * gradient_sq - 0.5 * lr**2 * batch_sq * trace,
+        steps_for_0_05=0.05 / best_decrease if useful else None,
+    )
+
+
 # --------------------------------------------------------------------------- federated
 
 
@@ -497,6 +561,19 @@ FEDERATED_COLUMNS = [
     ("wall_s", "wall s", ".0f"),
     ("test_acc", "test acc", ".3f"),
 ]
+SCALE_COLUMNS = [
+    ("method", "trained", ""),
+    ("trainable", "params", ","),
+    ("grad_sq", "G = ‖∇L‖²", ".3g"),
+    ("batch_grad_sq", "E‖∇L_B‖²", ".3g"),
+    ("trace_h", "tr H = E zᵀHz", ".3g"),
+    ("trace_h_sem", "± (s.e.)", ".2g"),
+    ("best_lr", "best lr", ".2g"),
+    ("best_decrease", "best E[-ΔL] / step", ".2g"),
+    ("lr", "lr used", ".0e"),
+    ("decrease_at_lr", "E[-ΔL] / step at lr used", ".2g"),
+    ("steps_for_0_05", "steps for -0.05 at best lr", ",.0f"),
+]
 CURVE_COLUMNS = [
     ("method", "method", ""),
     ("split", "split", ""),
@@ -553,6 +630,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int)
     p.add_argument("--local-steps", type=int)
     p.add_argument("--alpha", type=float, help="Dirichlet alpha of the non-IID split")
+    p.add_argument("--scale-batches", type=int, help="scale: mini-batch gradients for G")
+    p.add_argument("--scale-probes", type=int, help="scale: (batch, z) probes of tr H")
     p.add_argument(
         "--eval-every",
         type=int,
@@ -570,7 +649,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         nargs="+",
         default=None,
-        choices=["zero-shot", "mezo-sparse", "adam", "mezo-full", "fed-sparse", "fed-full"],
+        choices=[
+            "zero-shot",
+            "mezo-sparse",
+            "adam",
+            "mezo-full",
+            "fed-sparse",
+            "fed-full",
+            "scale",
+        ],
         help="run only these parts",
     )
     p.add_argument(
@@ -590,7 +677,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
-    """Runs the benchmark; returns ``{"quality": rows, "federated": rows}``."""
+    """Runs the benchmark; returns ``{"quality": rows, "federated": rows, "scale": rows}``."""
     args = parse_args(argv)
     wanted = set(
         args.only or ["zero-shot", "mezo-sparse", "adam", "mezo-full", "fed-sparse", "fed-full"]
@@ -599,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
     loss_fn, correct_fn = task_fns(s)
     train, dev, test = s.data["train"], s.data["dev"], s.data["test"]
     total = int(sum(x.size for x in jax.tree.leaves(s.params)))
-    quality, federated = [], []
+    quality, federated, scale = [], [], []
     meta = run_metadata(
         benchmark="finetune",
         model_name=s.name,
@@ -619,14 +706,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
                 args.json,
                 [
                     dict(r, table=n)
-                    for n, t in (("quality", quality), ("federated", federated))
+                    for n, t in (("quality", quality), ("federated", federated), ("scale", scale))
                     for r in t
                 ],
                 meta=meta,
             )
         if args.markdown:
             with open(args.markdown, "w") as f:
-                f.write(render(quality, federated, args) + "\n")
+                f.write(render(quality, federated, args, scale) + "\n")
 
     def choose(name, lrs, train_fn, steps, trainable, seed):
         """Trains at each lr, keeps the best on dev, reports its test accuracy."""
@@ -666,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
             ),
         )
 
-    need_mask = wanted & {"mezo-sparse", "fed-sparse"}
+    need_mask = wanted & {"mezo-sparse", "fed-sparse", "scale"}
     if need_mask:
         start = time.perf_counter()
         rng = np.random.default_rng(1234)
@@ -683,6 +770,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
 
         def sparse_loss(values, arrays):
             return loss_fn(sparse.merge(base, values), arrays)
+
+    if "scale" in wanted:
+        for name, fn, p0, lr, count in (
+            ("full", loss_fn, s.params, args.lr_full[0], total),
+            (
+                f"sparse {100 * args.density:g} %",
+                sparse_loss,
+                values0,
+                args.lr_sparse[0],
+                sparse.count,
+            ),
+        ):
+            row = zo_scale(
+                fn,
+                p0,
+                train,
+                batch=args.batch,
+                batches=args.scale_batches,
+                probes=args.scale_probes,
+                eps=args.eps,
+                lr=lr,
+                seed=args.seeds[0],
+                distribution=args.distribution,
+            )
+            emit(scale, dict(row, method=name, trainable=count))
 
     for seed in args.seeds:
         if "mezo-sparse" in wanted:
@@ -820,24 +932,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
             )
 
     if not args.markdown:
-        print(render(quality, federated, args))
-    return {"quality": quality, "federated": federated}
+        print(render(quality, federated, args, scale))
+    return {"quality": quality, "federated": federated, "scale": scale}
 
 
-def render(quality, federated, args) -> str:
-    """Both markdown tables with a line on how they were made."""
+def render(quality, federated, args, scale=()) -> str:
+    """The markdown tables with a line on how they were made."""
     out = [
         f"MeZO eps {args.eps:g}, batch {args.batch}, ZO-SGD (no decay, no momentum), "
         f"z {args.distribution}, prng {args.prng}; dev = first {args.dev_words} dev words (choice of lr), "
         f"test = {args.test_words or 'all'} test words.",
-        "",
-        markdown_table(quality, QUALITY_COLUMNS),
     ]
+    if quality:
+        out += ["", markdown_table(quality, QUALITY_COLUMNS)]
     if federated:
         out += ["", markdown_table(federated, FEDERATED_COLUMNS)]
         points = [dict(r, **c) for r in federated for c in r["curve"]]
         if len(points) > len(federated):
             out += ["", markdown_table(points, CURVE_COLUMNS)]
+    if scale:
+        out += ["", markdown_table(scale, SCALE_COLUMNS)]
     return "\n".join(out)
 
 

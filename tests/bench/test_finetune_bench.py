@@ -123,3 +123,34 @@ def test_client_splits_partition_the_training_words():
         parts = finetune.client_splits(labels, 4, split, 0.3, 2)
         assert sorted(np.concatenate(parts).tolist()) == list(range(40))
         assert min(len(p) for p in parts) >= 2
+
+
+def test_zo_scale_measures_a_known_quadratic():
+    # L_B(θ) = ½ Σ h (θ - c̄_B)²: ∇L_B = h (θ - c̄_B), H = diag(h), and with Rademacher z
+    # zᵀHz = Σ h exactly, so every number zo_scale reports has a closed form here.
+    rng = np.random.default_rng(0)
+    d, n, batch, batches = 64, 200, 8, 6
+    h = jnp.asarray(rng.uniform(0.5, 2.0, d), jnp.float32)
+    centers = rng.normal(size=(n, d)).astype(np.float32)
+    data = (centers, np.zeros(n, np.int32), np.zeros(n, np.int32))
+    theta = {"w": jnp.asarray(rng.normal(size=d) + 3.0, jnp.float32)}
+
+    def loss_fn(p, arrays):
+        return 0.5 * jnp.sum(h * (p["w"] - arrays[0].mean(0)) ** 2)
+
+    row = finetune.zo_scale(
+        loss_fn, theta, data, batch=batch, batches=batches, probes=3, eps=0.1, lr=1e-3,
+        seed=5, distribution="rademacher",
+    )  # fmt: skip
+    idx = finetune.sample_batches(n, batch, batches + 3, 5)[:batches]
+    grads = np.stack([h * (theta["w"] - centers[i].mean(0)) for i in idx]).astype(np.float64)
+    gram = grads @ grads.T
+    pairs = (gram.sum() - np.trace(gram)) / (batches * (batches - 1))
+    np.testing.assert_allclose(row["grad_sq"], pairs, rtol=1e-4)
+    np.testing.assert_allclose(row["batch_grad_sq"], np.trace(gram) / batches, rtol=1e-4)
+    np.testing.assert_allclose(row["trace_h"], float(h.sum()), rtol=1e-3)
+    assert row["trace_h_sem"] < 1e-3 * row["trace_h"]
+    best = pairs / (row["batch_grad_sq"] * row["trace_h"])
+    np.testing.assert_allclose(row["best_lr"], best, rtol=1e-3)
+    np.testing.assert_allclose(row["best_decrease"], best * pairs / 2, rtol=1e-3)
+    np.testing.assert_allclose(row["steps_for_0_05"], 0.05 / row["best_decrease"], rtol=1e-6)
