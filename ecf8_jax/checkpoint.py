@@ -50,6 +50,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from ecf8_jax.errors import one_line
 from ecf8_jax.format.constants import SUPPORTED_VERSIONS
 from ecf8_jax.format.tensor import Ecf8Tensor, FormatError, validate, verify_checksums
 
@@ -223,11 +224,6 @@ def _save_args(tree: Any, user_metadata: Mapping | None):
     )
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return (text[:300] + " ...") if len(text) > 300 else text
-
-
 # ----------------------------------------------------------------------------- metadata
 
 
@@ -249,7 +245,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     try:
         meta = _orbax_restore(path, args)[METADATA_ITEM]
     except Exception as e:  # json or Orbax errors: a damaged metadata item
-        raise FormatError(f"{path}: unreadable checkpoint metadata ({_one_line(e)})") from None
+        raise FormatError(f"{path}: unreadable checkpoint metadata ({one_line(e)})") from None
     _check_metadata(meta, path)
     return meta
 
@@ -421,7 +417,7 @@ def _stored_array_metadata(path: Path) -> dict:
         tree = handler.metadata(arrays_dir)
         tree = getattr(tree, "tree", tree)
     except Exception as e:
-        raise FormatError(f"{path}: unreadable array metadata ({_one_line(e)})") from None
+        raise FormatError(f"{path}: unreadable array metadata ({one_line(e)})") from None
     finally:
         handler.close()
     return tree if isinstance(tree, Mapping) else {}
@@ -555,9 +551,9 @@ def restore(
                 _restore_one(path, item["key"], wanted)
             except Exception as e:
                 raise FormatError(
-                    f"{item_name(item['path'])}: unreadable array data ({_one_line(e)})"
+                    f"{item_name(item['path'])}: unreadable array data ({one_line(e)})"
                 ) from None
-        raise FormatError(f"{path}: unreadable array data ({_one_line(whole)})") from None
+        raise FormatError(f"{path}: unreadable array data ({one_line(whole)})") from None
 
     pairs = []
     for item in items:

@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ecf8_jax.errors import one_line
+
 TOOL = "ecf8 compress"
 INDEX_NAME = "model.safetensors.index.json"
 FP8_NAMES = ("F8_E4M3", "F8_E5M2")
@@ -135,7 +137,7 @@ def _gguf_tensors(path: Path) -> dict[str, np.ndarray]:
         for t in reader.tensors:
             out[t.name] = dequantized(t)
     except (ValueError, KeyError, NotImplementedError, struct.error) as e:
-        raise CliError(f"{path}: not a readable GGUF file ({_one_line(e)})") from None
+        raise CliError(f"{path}: not a readable GGUF file ({one_line(e)})") from None
     return out
 
 
@@ -732,13 +734,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        text = f"{e.filename}: {e.strerror}"
-    return text
-
-
 def _quiet_unraisable(hook):
     """Drops the ``RuntimeError: Event loop is closed`` that tensorstore callbacks raise after
     Orbax gave up on a damaged checkpoint (it would print a traceback after our one line)."""
@@ -762,10 +757,10 @@ def main(argv: list[str] | None = None) -> int:
         print("ecf8: interrupted", file=sys.stderr)
         return 130
     except (CliError, OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
-        print(f"ecf8: error: {_one_line(e)}", file=sys.stderr)
+        print(f"ecf8: error: {one_line(e)}", file=sys.stderr)
         return 1
     except Exception as e:  # never a traceback: one line, but say it is a bug
-        print(f"ecf8: internal error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+        print(f"ecf8: internal error: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
         return 3
 
 
