@@ -11,16 +11,8 @@ from flax import nnx
 from ecf8_jax import nn as enn
 from ecf8_jax.models import LlamaConfig, LlamaForCausalLM, generate, init_cache
 from ecf8_jax.models.llama import rope_inv_freq
+from tests.tiny_configs import TINY_LLAMA as TINY
 
-TINY = dict(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
 VARIANTS = {
     "llama3-untied": dict(
         TINY,

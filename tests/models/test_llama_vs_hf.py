@@ -15,16 +15,8 @@ from ecf8_jax import nn as enn  # noqa: E402
 from ecf8_jax.io import llama_from_tensors  # noqa: E402
 from ecf8_jax.models import LlamaConfig, generate  # noqa: E402
 from ecf8_jax.quantize import quantize_fp8  # noqa: E402
+from tests.tiny_configs import TINY_LLAMA as TINY  # noqa: E402
 
-TINY = dict(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
 CASES = {
     "llama-gqa-untied": ("llama", dict(TINY, rope_theta=500000.0)),
     "llama3-scaling-bias-tied": (

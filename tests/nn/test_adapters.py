@@ -19,6 +19,7 @@ from ecf8_jax.models import LlamaConfig, LlamaForCausalLM
 from ecf8_jax.nn import Ecf8Linear, Ecf8Weight
 from ecf8_jax.nn.adapters import LoRA, SparseDelta, merge_delta, merge_lora
 from ecf8_jax.quantize import quantize_fp8
+from tests.tiny_configs import TINY_LLAMA as TINY
 
 OUT, IN = 32, 64
 
@@ -111,15 +112,6 @@ def test_merge_delta_re_encodes_the_trained_weight():
 
 # ------------------------------------------------------------------ whole models (tiny Llama)
 
-TINY = dict(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, 7)), jnp.int32)
 QV = lambda p, m: p.endswith(("q_proj", "v_proj"))  # noqa: E731
 MLP = lambda p, m: ".mlp." in p  # noqa: E731
