@@ -352,22 +352,23 @@ def run_mezo(
     tx = training.zo_sgd(lr)
     cache_key = (id(loss_fn), lr, eps, distribution)
     if cache_key not in _STEP_CACHE:  # one compilation per loss, lr, eps and z distribution
-        step = training.mezo_step(loss_fn, tx, eps=eps, distribution=distribution)
+        step = training.mezo_step(
+            loss_fn, tx, eps=eps, distribution=distribution, return_projected_grad=True
+        )
         _STEP_CACHE[cache_key] = (loss_fn, step)
     step = _STEP_CACHE[cache_key][1]
     params = jax.tree.map(jnp.array, params)  # the step donates its input
-    opt_state = tx.init(params)
-    root = jax.random.key(seed, impl=prng)
     idx = sample_batches(len(data[2]), batch, steps, seed)
-    losses, start = [], None
-    for t in range(steps):
-        params, opt_state, loss = step(
-            params, opt_state, take(data, idx[t]), training.step_key(root, t)
-        )
-        losses.append(float(loss))
-        if t == 0:
-            start = time.perf_counter()
-    return params, _wall(start, steps), losses
+    start = []  # the clock starts after the first step (its compilation)
+    params, _, _, losses = training.fit(
+        step,
+        params,
+        tx.init(params),
+        (take(data, i) for i in idx),
+        root_key=jax.random.key(seed, impl=prng),
+        on_step=lambda t, p, loss: start.append(time.perf_counter()) if t == 0 else None,
+    )
+    return params, _wall(start[0] if start else None, steps), losses
 
 
 _STEP_CACHE: dict[tuple, tuple] = {}

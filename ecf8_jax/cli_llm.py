@@ -255,23 +255,34 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     evaluate = jax.jit(lambda p, a: metrics(p, a)[1])
     dev_arrays = arrays(dev)
     tx = optax.sgd(args.learning_rate)
-    step = training.mezo_step(lambda p, a: metrics(p, a)[0], tx, eps=args.eps)
-    opt_state = tx.init(params)
+    step = training.mezo_step(
+        lambda p, a: metrics(p, a)[0], tx, eps=args.eps, return_projected_grad=True
+    )
     rng = np.random.default_rng(args.seed)
-    root = jax.random.key(args.seed)
-    history = {"step": [0], "dev_accuracy": [float(evaluate(params, dev_arrays))], "loss": []}
+    history = {"step": [0], "dev_accuracy": [float(evaluate(params, dev_arrays))]}
     print(f"{name}: zero-shot dev accuracy {history['dev_accuracy'][0]:.3f} ({len(dev)} words)")
+
+    def batches():
+        for _ in range(args.steps):
+            yield arrays([train[i] for i in rng.choice(len(train), args.batch_size, replace=False)])
+
     with _progress("fine-tuning", args.steps, args.quiet, min_total=0) as advance:
-        for t in range(args.steps):
-            picked = [train[i] for i in rng.choice(len(train), args.batch_size, replace=False)]
-            params, opt_state, loss = step(
-                params, opt_state, arrays(picked), training.step_key(root, t)
-            )
-            history["loss"].append(float(loss))
+
+        def on_step(t, p, loss):
             if (t + 1) % args.eval_every == 0 or t + 1 == args.steps:
                 history["step"].append(t + 1)
-                history["dev_accuracy"].append(float(evaluate(params, dev_arrays)))
+                history["dev_accuracy"].append(float(evaluate(p, dev_arrays)))
             advance(1)
+
+        params, _, log, history["loss"] = training.fit(
+            step,
+            params,
+            tx.init(params),
+            batches(),
+            root_key=jax.random.key(args.seed),
+            on_step=on_step,
+        )
+    history["projected_grads"] = [float(g) for _, g in log]  # with the seed: training.replay
     nnx.update(model, params)
     print(
         f"after {args.steps} MeZO steps: dev accuracy {history['dev_accuracy'][-1]:.3f}, "

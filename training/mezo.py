@@ -454,16 +454,21 @@ def fit(
     *,
     root_key: Array,
     start_step: int = 0,
+    on_step: Callable[[int, PyTree, float], None] | None = None,
 ) -> tuple[PyTree, Any, list[tuple[int, np.ndarray]], list[float]]:
     """Runs a :func:`mezo_step` (built with ``return_projected_grad=True``) over ``batches``.
+
+    The training loop of ``ecf8 finetune`` and ``bench.finetune``.
 
     Args:
       step: the step function.
       params: initial parameters (donated to the first step).
       opt_state: initial optimizer state (donated).
-      batches: one batch per step.
+      batches: one batch per step (any iterable: a generator draws them as they are needed).
       root_key: step ``t`` uses ``fold_in(root_key, t)``.
       start_step: the number of the first step (to resume a run).
+      on_step: called after step ``t`` as ``on_step(t, params, loss)`` (progress, evaluation);
+        ``params`` are donated to the next step, so use them within the call only.
 
     Returns:
       ``(params, opt_state, log, losses)`` with ``log = [(t, g_t), ...]`` (numpy float32 g)
@@ -477,6 +482,8 @@ def fit(
         params, opt_state, loss, g = out
         log.append((t, np.asarray(g)))
         losses.append(float(loss))
+        if on_step is not None:
+            on_step(t, params, losses[-1])
     return params, opt_state, log, losses
 
 

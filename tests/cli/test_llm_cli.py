@@ -92,6 +92,18 @@ def test_finetune_runs_mezo_over_the_frozen_base_and_writes_checkpoint_and_plot(
         for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(untouched), strict=True)
     ]
     assert any(changed)  # MeZO moved the float parameters (norm scales)
+    # The saved projected gradients and the seed rebuild the trained parameters bit for bit.
+    import optax
+
+    import training
+
+    g = history["projected_grads"]
+    assert len(g) == 4
+    replayed, _ = training.replay(
+        untouched, list(enumerate(g)), optax.sgd(1e-4), root_key=jax.random.key(0)
+    )
+    for a, b in zip(jax.tree.leaves(replayed), jax.tree.leaves(trained), strict=True):
+        np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
 
 
 @pytest.mark.parametrize("adapter", ["lora", "sparse"])

@@ -323,10 +323,17 @@ def test_replay_rebuilds_the_trained_params_bit_for_bit(tx_name, num_samples, ma
         distribution=distribution,
         return_projected_grad=True,
     )
+    seen = []
     params, _, log, losses = training.fit(
-        step, copy(params0), tx.init(params0), [data] * 8, root_key=root
+        step,
+        copy(params0),
+        tx.init(params0),
+        [data] * 8,
+        root_key=root,
+        on_step=lambda t, p, loss: seen.append((t, loss)),
     )
     assert [t for t, _ in log] == list(range(8)) and len(losses) == 8
+    assert seen == list(enumerate(losses))
     assert all(np.shape(g) == (() if num_samples == 1 else (num_samples,)) for _, g in log)
     kw = dict(root_key=root, mask=mask, chunk_size=SMALL_CHUNK, distribution=distribution)
     replayed, _ = training.replay(params0, log, tx, **kw)
