@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import training
 from bench import finetune
 from training.tasks import polarity
 
@@ -150,7 +151,18 @@ def test_zo_scale_measures_a_known_quadratic():
     np.testing.assert_allclose(row["batch_grad_sq"], np.trace(gram) / batches, rtol=1e-4)
     np.testing.assert_allclose(row["trace_h"], float(h.sum()), rtol=1e-3)
     assert row["trace_h_sem"] < 1e-3 * row["trace_h"]
-    best = pairs / (row["batch_grad_sq"] * row["trace_h"])
-    np.testing.assert_allclose(row["best_lr"], best, rtol=1e-3)
-    np.testing.assert_allclose(row["best_decrease"], best * pairs / 2, rtol=1e-3)
+    # Here g = zᵀ∇L_B exactly (a quadratic) and zᵀHz = Σh for every z, so N = Σh·E[(zᵀ∇L_B)²].
+    rows = finetune.sample_batches(n, batch, batches + 3, 5)[batches:]
+    probes = [jax.random.fold_in(jax.random.key(6), j) for j in range(3)]
+    g2 = [
+        float(jnp.vdot(training.perturbation(k, theta, distribution="rademacher")["w"],
+                       h * (theta["w"] - centers[i].mean(0))) ** 2)
+        for i, k in zip(rows, probes)
+    ]  # fmt: skip
+    np.testing.assert_allclose(row["noise"], float(h.sum()) * np.mean(g2), rtol=1e-3)
+    np.testing.assert_allclose(row["best_lr"], pairs / row["noise"], rtol=1e-6)
+    np.testing.assert_allclose(row["best_decrease"], pairs**2 / (2 * row["noise"]), rtol=1e-6)
     np.testing.assert_allclose(row["steps_for_0_05"], 0.05 / row["best_decrease"], rtol=1e-6)
+    np.testing.assert_allclose(
+        row["decrease_at_lr"], 1e-3 * pairs - 0.5e-6 * row["noise"], rtol=1e-6
+    )
