@@ -342,8 +342,13 @@ def run_mezo(
     seed,
     prng="threefry2x32",
     distribution=training.DEFAULT_DISTRIBUTION,
+    every=0,
+    probe=None,
 ):
     """ZO-SGD (MeZO, no weight decay) for ``steps`` steps from a copy of ``params``.
+
+    ``probe(step, params)`` is called every ``every`` steps (e.g. dev accuracy); its time is
+    not counted.
 
     Returns:
       ``(params, wall_seconds, losses)``; the wall time is that of steps 2.. scaled to all
@@ -359,16 +364,25 @@ def run_mezo(
     step = _STEP_CACHE[cache_key][1]
     params = jax.tree.map(jnp.array, params)  # the step donates its input
     idx = sample_batches(len(data[2]), batch, steps, seed)
-    start = []  # the clock starts after the first step (its compilation)
+    clock = []  # starts after the first step (its compilation); probes are not counted
+
+    def on_step(t, p, loss):
+        if t == 0:
+            clock.append(time.perf_counter())
+        if probe is not None and every and (t + 1) % every == 0:
+            t0 = time.perf_counter()
+            probe(t + 1, p)
+            clock[0] += time.perf_counter() - t0
+
     params, _, _, losses = training.fit(
         step,
         params,
         tx.init(params),
         (take(data, i) for i in idx),
         root_key=jax.random.key(seed, impl=prng),
-        on_step=lambda t, p, loss: start.append(time.perf_counter()) if t == 0 else None,
+        on_step=on_step,
     )
-    return params, _wall(start[0] if start else None, steps), losses
+    return params, _wall(clock[0] if clock else None, steps), losses
 
 
 _STEP_CACHE: dict[tuple, tuple] = {}
@@ -649,6 +663,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int)
     p.add_argument("--local-steps", type=int)
     p.add_argument("--alpha", type=float, help="Dirichlet alpha of the non-IID split")
+    p.add_argument(
+        "--eval-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="MeZO runs: dev accuracy every N steps too (printed, and the row's dev_curve)",
+    )
     p.add_argument("--scale-batches", type=int, help="scale: mini-batch gradients for G")
     p.add_argument("--scale-probes", type=int, help="scale: (batch, z) probes of tr H")
     p.add_argument(
@@ -738,12 +759,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
         """Trains at each lr, keeps the best on dev, reports its test accuracy."""
         best = None
         for lr in lrs:
-            params, wall, losses = train_fn(lr)
+            curve = []
+
+            def probe(t, p, tag=f"{name} lr {lr:g}", curve=curve):
+                acc = accuracy(correct_fn, p, dev)
+                curve.append(dict(step=t, dev_acc=acc))
+                print(f"  {tag} step {t}: dev {acc:.3f}", flush=True)
+
+            params, wall, losses = train_fn(lr, probe)
             dev_acc = accuracy(correct_fn, params, dev)
             print(f"  {name} seed {seed} lr {lr:g}: dev {dev_acc:.3f}, wall {wall}", flush=True)
             if best is None or dev_acc > best[1]:
-                best = (lr, dev_acc, params, wall, losses)
-        lr, dev_acc, params, wall, losses = best
+                best = (lr, dev_acc, params, wall, losses, curve)
+        lr, dev_acc, params, wall, losses, curve = best
         return dict(
             method=name,
             seed=seed,
@@ -758,6 +786,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
             first_loss=float(np.mean(losses[:10])),
             last_loss=float(np.mean(losses[-10:])),
             loss_path=f"{np.mean(losses[:10]):.3f} → {np.mean(losses[-10:]):.3f}",
+            dev_curve=curve,
+            losses=losses,
         )
 
     if "zero-shot" in wanted:
@@ -818,7 +848,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
     for seed in args.seeds:
         if "mezo-sparse" in wanted:
 
-            def train_sparse(lr, seed=seed):
+            def train_sparse(lr, probe, seed=seed):
                 values, wall, losses = run_mezo(
                     sparse_loss,
                     values0,
@@ -830,6 +860,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
                     seed=seed,
                     prng=args.prng,
                     distribution=args.distribution,
+                    every=args.eval_steps,
+                    probe=lambda t, v: probe(t, sparse.merge(base, v)),
                 )
                 return sparse.merge(base, values), wall, losses
 
@@ -850,7 +882,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
                 choose(
                     "Adam (first order)",
                     args.lr_adam,
-                    lambda lr, seed=seed: run_adam(
+                    lambda lr, probe, seed=seed: run_adam(
                         loss_fn,
                         s.params,
                         train,
@@ -870,7 +902,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
                 choose(
                     "MeZO full",
                     args.lr_full,
-                    lambda lr, seed=seed: run_mezo(
+                    lambda lr, probe, seed=seed: run_mezo(
                         loss_fn,
                         s.params,
                         train,
@@ -881,6 +913,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
                         seed=seed,
                         prng=args.prng,
                         distribution=args.distribution,
+                        every=args.eval_steps,
+                        probe=probe,
                     ),
                     args.full_steps,
                     total,

@@ -21,7 +21,8 @@ def tiny_run(tmp_path_factory):
     """``python -m bench.finetune --tiny`` (zero-shot, sparse MeZO, Meerkat), run once."""
     folder = tmp_path_factory.mktemp("finetune")
     argv = ["--tiny", "--json", str(folder / "f.json"), "--markdown", str(folder / "f.md"),
-            "--only", "zero-shot", "mezo-sparse", "fed-sparse", "--eval-every", "1"]  # fmt: skip
+            "--only", "zero-shot", "mezo-sparse", "fed-sparse", "--eval-every", "1",
+            "--eval-steps", "2"]  # fmt: skip
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rows = finetune.main(argv)
@@ -45,6 +46,10 @@ def test_tables_have_the_rows_asked_for(tiny_run):
         assert 0.0 <= r["dev_acc"] <= 1.0
     sparse = rows["quality"][1]
     assert sparse["steps"] == args.steps and sparse["wall_s"] > 0
+    # --eval-steps 2: dev accuracy along the run; the last point is the final parameters'
+    assert [c["step"] for c in sparse["dev_curve"]] == list(range(2, args.steps + 1, 2))
+    assert sparse["dev_curve"][-1]["dev_acc"] == sparse["dev_acc"]
+    assert len(sparse["losses"]) == args.steps
     assert md.count("\n|") >= 2 + 2 + 2 + 2  # two headers, two rules, four rows
 
 
