@@ -14,16 +14,9 @@ import ecf8_jax
 from ecf8_jax import checkpoint as ck
 from ecf8_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from ecf8_jax.nn import Ecf8Weight, compress_model
+from tests.tiny_configs import TINY_LLAMA
 
-CONFIG = dict(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    tie_word_embeddings=False,
-)
+CONFIG = dict(TINY_LLAMA, tie_word_embeddings=False)
 
 
 def _model(seed: int, **overrides) -> LlamaForCausalLM:
@@ -66,7 +59,7 @@ def test_a_compressed_model_restores_bit_exactly_into_another_instance(tmp_path)
 
 def test_a_checkpoint_of_another_structure_is_refused_naming_the_item(tmp_path):
     ck.save_model(tmp_path / "ckpt", _model(0))
-    wider = _model(1, intermediate_size=96)
+    wider = _model(1, intermediate_size=2 * CONFIG["intermediate_size"])
     before = _logits(wider)
     with pytest.raises(ecf8_jax.FormatError, match="mlp"):
         ck.restore_model(tmp_path / "ckpt", wider)
