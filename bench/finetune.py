@@ -36,12 +36,24 @@ both ways every round would cost instead. The federated runs use the first ``--l
 ``--lr-full`` values, and the server averages the clients' final parameters (``server_replay=
 False``: the replay's numbers up to float32 rounding, at half the cost).
 
+``--eval-every R`` also tests the federated server model every ``R`` rounds (accuracy against
+bytes communicated, Table 3); ``--eval-steps N`` follows MeZO runs on dev every ``N``
+steps (the row's ``dev_curve``).
+
+Table 4, ``--only scale`` (:func:`zo_scale`): the terms of one ZO-SGD step's expected loss
+change on the task, full and sparse: ``G = ‖∇L‖²``, ``E‖∇L_B‖²``, ``tr H`` and the step noise
+``N = E[g²·zᵀHz]``, hence the best lr ``G/N`` and the best decrease per step; why the sparse mask
+learns faster per step than all 134.5 M parameters.
+
+``--distribution rademacher`` draws ±1 z (Spall's SPSA) instead of MeZO's Gaussian z in every
+run: about 20× cheaper on a CPU, where Gaussian z is most of a full-parameter step.
+
 Hyper-parameters: ε = 1e-3 and constant-lr ZO-SGD without decay as in MeZO. MeZO's full-parameter
-lr of 1e-6…1e-7 is for 13 B models over 20 k steps; on a 135 M model and a few hundred steps a
-larger one is needed and still stable: finite differences on SmolLM2 gave a mini-batch
-``E[g²] ≈ 140`` (full) / ``110`` (the 0.1 % mask), and ``zᵀHz`` of order 10³–10⁴ (full) /
-10²–10³ (mask); sparse ZO-SGD diverged at lr 1e-3 within 15 steps, 3e-4 was stable. Defaults:
-full 2e-5, sparse {1e-4, 3e-4}, Adam {1e-5, 5e-5} (dev accuracy chooses).
+lr of 1e-6…1e-7 is for 13 B models over 20 k steps; a 135 M model takes a larger one. Table 4
+puts the best full-parameter lr near 3e-5 and the sparse one near 1.2e-4; in runs, full 3e-5 and
+up made dev accuracy worse within 300 steps, 2e-5 did not beat zero-shot in 700 and 1e-5 did
+after 2000 (BENCHMARKS.md); sparse 1e-3 diverged within 15 steps and 1e-4 beat 3e-4. Defaults:
+full 1e-5, sparse {1e-4, 3e-4}, Adam {1e-5, 5e-5} (dev accuracy chooses).
 
 ``--prng`` picks the jax PRNG of the z keys (the Gaussian z is the same either way): the default
 ``threefry2x32`` takes :mod:`training.perturb`'s fused path, the fastest on CPU now (0.27 s vs
@@ -74,10 +86,10 @@ from training.tasks import polarity
 
 PyTree = Any
 
-DEFAULTS = dict(  # the settings of the recorded CPU run (see the module docstring)
+DEFAULTS = dict(  # the settings of the recorded CPU runs (see the module docstring)
     steps=250,
     batch=16,
-    lr_full=(2e-5,),
+    lr_full=(1e-5,),
     lr_sparse=(1e-4, 3e-4),
     lr_adam=(1e-5, 5e-5),
     eps=1e-3,
