@@ -3,7 +3,7 @@
 Run as::
 
     python -m bench.training [--json FILE] [--layers N] [--width N] [--batch N] [--repeats N]
-                             [--chunk-size N] [--smoke]
+                             [--chunk-size N] [--smoke] [--llama smollm2|tiny]
 
 Models: tanh MLPs of ``layers`` square ``[width, width]`` float32 layers with biases, mean
 squared error on a random batch. Their largest tensor is ``1 / layers`` of the parameters, so a
@@ -15,6 +15,10 @@ program that held z, or every perturbed leaf, for the whole model at once would 
   quarter of the parameters);
 - 8 x [1024, 1024], batch 256: the same model with a forward pass that does real arithmetic
   (at batch 16 it is one streaming read of the weights, as cheap as any pass over them).
+
+``--llama smollm2`` measures the same programs on a real model instead: SmolLM2-135M in float32
+with ``bench.finetune``'s polarity loss on ``--batch`` prompts (``--llama tiny``: its random
+2-layer Llama, for tests).
 
 Rows (each one jitted program, compiled with :func:`training.lean_compiler_options`, the options
 ``mezo_step`` uses, so all rows are compiled alike):
@@ -111,11 +115,16 @@ def _copy(tree):
     return jax.tree.map(jnp.array, tree)
 
 
-def bench_programs(
-    layers: int, width: int, batch: int, repeats: int, chunk_size: int
-) -> list[dict[str, Any]]:
-    """The rows of one model: forward, the MeZO steps and first-order Adam."""
-    params, loss_fn, data = make_mlp(layers, width, batch)
+def bench_programs(params, loss_fn, data, repeats: int, chunk_size: int) -> list[dict[str, Any]]:
+    """The rows of one model: forward, the MeZO steps and first-order Adam.
+
+    Args:
+      params: the float parameter pytree.
+      loss_fn: ``loss_fn(params, data) -> scalar``.
+      data: one batch.
+      repeats: timed calls per program (the median is kept).
+      chunk_size: z chunk size of the MeZO steps.
+    """
     params_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     largest = max(x.nbytes for x in jax.tree.leaves(params))
     options = training.lean_compiler_options() or None
@@ -186,10 +195,6 @@ def bench_programs(
     fwd = rows[0]
     for row in rows:
         row.update(
-            model=f"{layers}x[{width},{width}] b{batch}",
-            layers=layers,
-            width=width,
-            batch=batch,
             params_mb=params_bytes / MB,
             largest_leaf_fraction=largest / params_bytes,
             memory_vs_forward=row["memory_mb"] / fwd["memory_mb"],
@@ -198,6 +203,30 @@ def bench_programs(
             time_vs_forward=row["time_ms"] / fwd["time_ms"],
         )
     return rows
+
+
+def mlp_rows(layers: int, width: int, batch: int, repeats: int, chunk_size: int) -> list[dict]:
+    """:func:`bench_programs` of :func:`make_mlp`'s model."""
+    rows = bench_programs(*make_mlp(layers, width, batch), repeats, chunk_size)
+    model = dict(model=f"{layers}x[{width},{width}] b{batch}", layers=layers, width=width)
+    return [dict(row, **model, batch=batch) for row in rows]
+
+
+def llama_rows(which: str, batch: int, repeats: int, chunk_size: int) -> list[dict]:
+    """:func:`bench_programs` of ``bench.finetune``'s model and loss on ``batch`` polarity prompts.
+
+    ``which``: ``"smollm2"`` (SmolLM2-135M dequantized to float32, every weight trainable; its
+    largest tensor, the tied embedding, is 0.21 of the parameters) or ``"tiny"`` (the random
+    2-layer Llama of ``bench.finetune --tiny``, for tests).
+    """
+    from bench import finetune
+
+    s = finetune.setup(finetune.parse_args(["--tiny"] if which == "tiny" else []))
+    loss_fn, _ = finetune.task_fns(s)
+    data = finetune.take(s.data["train"], np.arange(batch))
+    rows = bench_programs(s.params, loss_fn, data, repeats, chunk_size)
+    model = dict(model=f"{s.name}, b{batch}", layers=None, width=None)
+    return [dict(row, **model, batch=batch) for row in rows]
 
 
 COLUMNS = [
@@ -235,6 +264,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"{SMOKE_CHUNK_SIZE} with --smoke)",
     )
     parser.add_argument(
+        "--llama",
+        choices=["smollm2", "tiny"],
+        default=None,
+        help="measure this Llama (bench.finetune's model and polarity loss) instead of the "
+        "MLPs, at --batch (default 16)",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="tiny run for tests: 4 layers of width 64, batch 4, 1 repeat",
@@ -253,7 +289,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.repeats = args.repeats or (1 if args.smoke else DEFAULT_REPEATS)
     if args.chunk_size is None:
         args.chunk_size = SMOKE_CHUNK_SIZE if args.smoke else training.DEFAULT_CHUNK_SIZE
-    if any(layers < 4 for layers, _, _ in args.configs):
+    if args.llama is None and any(layers < 4 for layers, _, _ in args.configs):
         parser.error("--layers must be >= 4 (the largest tensor must be <= 1/4 of the params)")
     return args
 
@@ -262,9 +298,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark, prints its table and optionally writes ``--json``; returns the rows."""
     args = parse_args(argv)
     rows = []
-    for layers, width, batch in args.configs:
+    if args.llama is not None:
+        batch = args.batch or 16
+        print(f"Llama {args.llama}, batch {batch} ...", file=sys.stderr, flush=True)
+        rows += llama_rows(args.llama, batch, args.repeats, args.chunk_size)
+    for layers, width, batch in [] if args.llama else args.configs:
         print(f"MLP {layers} x [{width}, {width}], batch {batch} ...", file=sys.stderr, flush=True)
-        rows += bench_programs(layers, width, batch, args.repeats, args.chunk_size)
+        rows += mlp_rows(layers, width, batch, args.repeats, args.chunk_size)
     print(
         "memory = arguments + outputs - aliased + temporaries (XLA memory_analysis); "
         f"time: median of {args.repeats} on {jax.default_backend()}; "
@@ -274,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if args.json is not None:
         meta = run_metadata(
             benchmark="training",
-            configs=[list(c) for c in args.configs],
+            configs=[] if args.llama else [list(c) for c in args.configs],
+            llama=args.llama,
             repeats=args.repeats,
             smoke=args.smoke,
             eps=EPS,

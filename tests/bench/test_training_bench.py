@@ -106,3 +106,16 @@ def test_one_model_when_its_shape_is_given():
     layers, width, _ = bench_training.DEFAULT_CONFIGS[0]
     assert args.configs == [(6, width, 32)] and layers == 8
     assert bench_training.parse_args([]).configs == list(bench_training.DEFAULT_CONFIGS)
+
+
+def test_llama_rows_measure_the_finetune_model():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rows = bench_training.main(["--llama", "tiny", "--smoke", "--batch", "4"])
+    programs = {r["program"]: r for r in rows}
+    assert list(programs) == PROGRAMS
+    assert all("tiny random Llama" in r["model"] and r["batch"] == 4 for r in rows)
+    sgd, in_place = programs["mezo_sgd"], programs["mezo_sgd_in_place"]
+    assert sgd["alias_mb"] == pytest.approx(sgd["params_mb"], rel=1e-6)  # donated
+    assert sgd["memory_mb"] < programs["adam_first_order"]["memory_mb"]
+    assert in_place["memory_vs_forward"] < 1.05 and in_place["memory_mb"] <= sgd["memory_mb"]
