@@ -66,6 +66,16 @@ SMOKE_CONFIGS = ((4, 64, 4),)
 SMOKE_CHUNK_SIZE = 1024  # smaller than a smoke leaf, so leaves of several chunks are measured too
 EPS, LEARNING_RATE = 1e-3, 1e-4  # MeZO's ε; the learning rate does not affect cost
 SEED = 0
+PROGRAMS = (
+    "forward",
+    "mezo_sgd",
+    "mezo_sgd_rademacher",
+    "mezo_sgd_in_place",
+    "mezo_adam",
+    "adam_first_order",
+    "weights_pass",
+)
+"""The programs measured, in table order (see the module docstring)."""
 
 
 def make_mlp(layers: int, width: int, batch: int):
@@ -115,7 +125,9 @@ def _copy(tree):
     return jax.tree.map(jnp.array, tree)
 
 
-def bench_programs(params, loss_fn, data, repeats: int, chunk_size: int) -> list[dict[str, Any]]:
+def bench_programs(
+    params, loss_fn, data, repeats: int, chunk_size: int, programs: Sequence[str] = PROGRAMS
+) -> list[dict[str, Any]]:
     """The rows of one model: forward, the MeZO steps and first-order Adam.
 
     Args:
@@ -124,6 +136,7 @@ def bench_programs(params, loss_fn, data, repeats: int, chunk_size: int) -> list
       data: one batch.
       repeats: timed calls per program (the median is kept).
       chunk_size: z chunk size of the MeZO steps.
+      programs: which of :data:`PROGRAMS` to measure (``forward`` always is: the ratios' base).
     """
     params_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     largest = max(x.nbytes for x in jax.tree.leaves(params))
@@ -142,6 +155,8 @@ def bench_programs(params, loss_fn, data, repeats: int, chunk_size: int) -> list
     )
 
     def timed_step(name: str, step, opt_state_of):
+        if name not in programs:
+            return
         state = {"p": _copy(params)}
         state["s"] = opt_state_of(state["p"])
         compiled = step.lower(state["p"], state["s"], data, jax.random.key(0)).compile()
@@ -205,14 +220,18 @@ def bench_programs(params, loss_fn, data, repeats: int, chunk_size: int) -> list
     return rows
 
 
-def mlp_rows(layers: int, width: int, batch: int, repeats: int, chunk_size: int) -> list[dict]:
+def mlp_rows(
+    layers: int, width: int, batch: int, repeats: int, chunk_size: int, programs=PROGRAMS
+) -> list[dict]:
     """:func:`bench_programs` of :func:`make_mlp`'s model."""
-    rows = bench_programs(*make_mlp(layers, width, batch), repeats, chunk_size)
+    rows = bench_programs(*make_mlp(layers, width, batch), repeats, chunk_size, programs)
     model = dict(model=f"{layers}x[{width},{width}] b{batch}", layers=layers, width=width)
     return [dict(row, **model, batch=batch) for row in rows]
 
 
-def llama_rows(which: str, batch: int, repeats: int, chunk_size: int) -> list[dict]:
+def llama_rows(
+    which: str, batch: int, repeats: int, chunk_size: int, programs=PROGRAMS
+) -> list[dict]:
     """:func:`bench_programs` of ``bench.finetune``'s model and loss on ``batch`` polarity prompts.
 
     ``which``: ``"smollm2"`` (SmolLM2-135M dequantized to float32, every weight trainable; its
@@ -224,7 +243,7 @@ def llama_rows(which: str, batch: int, repeats: int, chunk_size: int) -> list[di
     s = finetune.setup(finetune.parse_args(["--tiny"] if which == "tiny" else []))
     loss_fn, _ = finetune.task_fns(s)
     data = finetune.take(s.data["train"], np.arange(batch))
-    rows = bench_programs(s.params, loss_fn, data, repeats, chunk_size)
+    rows = bench_programs(s.params, loss_fn, data, repeats, chunk_size, programs)
     model = dict(model=f"{s.name}, b{batch}", layers=None, width=None)
     return [dict(row, **model, batch=batch) for row in rows]
 
@@ -264,6 +283,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"{SMOKE_CHUNK_SIZE} with --smoke)",
     )
     parser.add_argument(
+        "--programs",
+        nargs="+",
+        choices=PROGRAMS,
+        default=list(PROGRAMS),
+        help="measure only these (forward always: the ratios' base)",
+    )
+    parser.add_argument(
         "--llama",
         choices=["smollm2", "tiny"],
         default=None,
@@ -301,10 +327,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if args.llama is not None:
         batch = args.batch or 16
         print(f"Llama {args.llama}, batch {batch} ...", file=sys.stderr, flush=True)
-        rows += llama_rows(args.llama, batch, args.repeats, args.chunk_size)
+        rows += llama_rows(args.llama, batch, args.repeats, args.chunk_size, args.programs)
     for layers, width, batch in [] if args.llama else args.configs:
         print(f"MLP {layers} x [{width}, {width}], batch {batch} ...", file=sys.stderr, flush=True)
-        rows += mlp_rows(layers, width, batch, args.repeats, args.chunk_size)
+        rows += mlp_rows(layers, width, batch, args.repeats, args.chunk_size, args.programs)
     print(
         "memory = arguments + outputs - aliased + temporaries (XLA memory_analysis); "
         f"time: median of {args.repeats} on {jax.default_backend()}; "
@@ -316,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             benchmark="training",
             configs=[] if args.llama else [list(c) for c in args.configs],
             llama=args.llama,
+            programs=args.programs,
             repeats=args.repeats,
             smoke=args.smoke,
             eps=EPS,
