@@ -52,8 +52,9 @@ Hyper-parameters: ε = 1e-3 and constant-lr ZO-SGD without decay as in MeZO. MeZ
 lr of 1e-6…1e-7 is for 13 B models over 20 k steps; a 135 M model takes a larger one. Table 4
 puts the best full-parameter lr near 3e-5 and the sparse one near 1.2e-4; in runs, full 3e-5 and
 up made dev accuracy worse within 300 steps, 2e-5 did not beat zero-shot in 700 and 1e-5 did
-after 2000 and 3000 (+3.4 and +6.1 pts test; BENCHMARKS.md); sparse 1e-3 diverged within 15 steps and 1e-4 beat 3e-4. Defaults:
-full 1e-5, sparse {1e-4, 3e-4}, Adam {1e-5, 5e-5} (dev accuracy chooses).
+after 2000 and 3000 (+3.4 and +6.1 pts test; BENCHMARKS.md); sparse 1e-3 diverged within 15
+steps and 1e-4 beat 3e-4. Defaults: full 1e-5, sparse {1e-4, 3e-4}, Adam {1e-5, 5e-5} (dev
+accuracy chooses).
 
 ``--prng`` picks the jax PRNG of the z keys (the Gaussian z is the same either way): the default
 ``threefry2x32`` takes :mod:`training.perturb`'s fused path, the fastest on CPU now (0.27 s vs

@@ -328,9 +328,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         batch = args.batch or 16
         print(f"Llama {args.llama}, batch {batch} ...", file=sys.stderr, flush=True)
         rows += llama_rows(args.llama, batch, args.repeats, args.chunk_size, args.programs)
-    for layers, width, batch in [] if args.llama else args.configs:
-        print(f"MLP {layers} x [{width}, {width}], batch {batch} ...", file=sys.stderr, flush=True)
-        rows += mlp_rows(layers, width, batch, args.repeats, args.chunk_size, args.programs)
+    else:
+        for layers, width, batch in args.configs:
+            print(
+                f"MLP {layers} x [{width}, {width}], batch {batch} ...", file=sys.stderr, flush=True
+            )
+            rows += mlp_rows(layers, width, batch, args.repeats, args.chunk_size, args.programs)
     print(
         "memory = arguments + outputs - aliased + temporaries (XLA memory_analysis); "
         f"time: median of {args.repeats} on {jax.default_backend()}; "

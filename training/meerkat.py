@@ -261,16 +261,15 @@ def federated_mezo(
 
     clients = jnp.arange(num_clients, dtype=jnp.uint32)
 
+    def over_clients(fn, theta, per_client, round_):
+        """``fn(theta, per_client[k], round_, k)`` for every client k, stacked on axis 0."""
+        if sequential_clients:
+            return jax.lax.map(lambda xs: fn(theta, xs[0], round_, xs[1]), (per_client, clients))
+        return jax.vmap(fn, in_axes=(None, 0, None, 0))(theta, per_client, round_, clients)
+
     @jax.jit
     def run_clients(theta, batches, round_):
-        if sequential_clients:
-            final, (gs, losses) = jax.lax.map(
-                lambda xs: local_path(theta, xs[0], round_, xs[1]), (batches, clients)
-            )
-        else:
-            final, (gs, losses) = jax.vmap(local_path, in_axes=(None, 0, None, 0))(
-                theta, batches, round_, clients
-            )
+        final, (gs, losses) = over_clients(local_path, theta, batches, round_)
         return final, gs, losses
 
     def weighted_average(paths, active):
@@ -284,11 +283,7 @@ def federated_mezo(
 
     @jax.jit
     def server(theta, gs, round_, active):
-        if sequential_clients:
-            paths = jax.lax.map(lambda xs: replay_path(theta, xs[0], round_, xs[1]), (gs, clients))
-        else:
-            paths = jax.vmap(replay_path, in_axes=(None, 0, None, 0))(theta, gs, round_, clients)
-        return weighted_average(paths, active)
+        return weighted_average(over_clients(replay_path, theta, gs, round_), active)
 
     average_finals = jax.jit(weighted_average)
 

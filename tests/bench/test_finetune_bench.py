@@ -92,8 +92,6 @@ def test_last_logits_match_the_full_forward(tiny_setup):
 
 def test_sparse_delta_changes_the_masked_entries_only(tiny_setup):
     s, _ = tiny_setup
-    import training
-
     rng = np.random.default_rng(0)
     mask = jax.tree.map(lambda p: rng.random(p.shape) < 0.01, s.params)
     sparse = finetune.SparseDelta.from_mask(mask)
