@@ -9,12 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ecf8_jax.format import grouped
 from ecf8_jax.format.codebook import canonical_tables
 from ecf8_jax.format.constants import DTYPES
 from ecf8_jax.format.tensor import Ecf8Tensor, FormatError, check_known
 from pallas_kernels.ecf8_decode import api as decode_api
 from pallas_kernels.ecf8_matmul import api as matmul_api
 from pallas_kernels.ecf8_matmul.reference import tiles_to_matrix
+from pallas_kernels.grouped_decode import api as grouped_api
+from pallas_kernels.grouped_decode.reference import words_to_bytes
 
 
 def decode(
@@ -40,18 +43,32 @@ def decode(
       FormatError: the version or dtype (static metadata) is unknown.
     """
     check_known(t)
-    limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
-    raw = decode_api.decode(
-        t.stream,
-        t.chunk_offsets,
-        t.signs,
-        limits,
-        deltas,
-        symbols,
-        implementation=implementation,
-        interpret=interpret,
-    )
+    if t.version == 2:
+        raw = _decode_grouped(t.stream, t.chunk_offsets, t.signs, t.code_lengths,
+                              implementation, interpret)  # fmt: skip
+    else:
+        limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
+        raw = decode_api.decode(
+            t.stream,
+            t.chunk_offsets,
+            t.signs,
+            limits,
+            deltas,
+            symbols,
+            implementation=implementation,
+            interpret=interpret,
+        )
     return lax.bitcast_convert_type(slots_to_tensor(raw, t), DTYPES[t.dtype])
+
+
+def _decode_grouped(stream, offsets, raw, lengths, implementation, interpret) -> jax.Array:
+    """Version-2 chunks -> uint8[C * S * 128] slots."""
+    lut = grouped.decode_lut(lengths, jnp)
+    threshold = grouped.refill_below(lengths, jnp)
+    words = grouped_api.decode(
+        stream, offsets, raw, lut, threshold, implementation=implementation, interpret=interpret
+    )
+    return words_to_bytes(words)
 
 
 def decode_chunks(
@@ -81,6 +98,11 @@ def decode_chunks(
     ids = jnp.clip(jnp.asarray(chunk_ids, jnp.int32).reshape(-1), 0, chunks - 1)
     offsets = jnp.asarray(t.chunk_offsets)
     offsets = jnp.concatenate([offsets[ids], offsets[-1:]])
+    if t.version == 2:
+        lengths = jnp.asarray(t.code_lengths)[ids]
+        raw = _decode_grouped(t.stream, offsets, jnp.asarray(t.signs)[ids], lengths,
+                              implementation, interpret)  # fmt: skip
+        return raw.reshape(ids.shape[0], -1)
     limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
     raw = decode_api.decode(
         t.stream,

@@ -1,7 +1,8 @@
-"""Bit layouts and fixed parameters of the ECF8 format (see docs/FORMAT.md).
+"""Bit layouts and fixed parameters of the ECF8 format, version 1 (see docs/FORMAT.md).
 
 Every constant here is part of format version 1: changing one changes the bytes on disk, so it
-must come with a version bump.
+must come with a version bump. Version 2's own constants live in ``grouped.py``; the dtypes,
+lanes and layouts below are shared.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-FORMAT_VERSION = 1
-"""The version written by this encoder; the only one this decoder accepts."""
+FORMAT_VERSION = 2
+"""The version the encoder writes by default for the ``flat`` layout (``tiles``, which the
+fused matmul reads, is still written as version 1)."""
 
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (1, 2)
+"""Versions this build decodes; any other is refused with ``FormatError``."""
 
 # float8_e4m3fn: s eeee mmm   (no infinities; s 1111 111 is NaN)
 # float8_e5m2:   s eeeee mm   (IEEE-like: e = 11111 holds inf and NaN)

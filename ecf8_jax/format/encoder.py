@@ -1,4 +1,7 @@
-"""Host-side, vectorized numpy encoder for ECF8 format version 1.
+"""Host-side, vectorized numpy encoder: ``encode`` (both versions) and format version 1.
+
+Version 2's block encoder is ``grouped_encoder.py``; this module chooses the chunking, builds
+the ``Ecf8Tensor`` and its checksums for either.
 
 The encoder simulates the decoder's refill schedule in closed form instead of stepping it: a
 lane refills (takes the next 16-bit unit of its chunk's stream) before step ``t`` exactly when
@@ -14,6 +17,7 @@ import operator
 import jax
 import numpy as np
 
+from ecf8_jax.format import grouped
 from ecf8_jax.format.codebook import canonical_codes, code_lengths
 from ecf8_jax.format.constants import (
     DEFAULT_CHUNK_STEPS,
@@ -26,8 +30,10 @@ from ecf8_jax.format.constants import (
     NUM_SYMBOLS,
     SIGN_SHIFT,
     SIGN_WORD_BITS,
+    SUPPORTED_VERSIONS,
     UNIT_BITS,
 )
+from ecf8_jax.format.grouped_encoder import encode_grouped
 from ecf8_jax.format.tensor import Ecf8Tensor, compute_checksums, num_chunks
 
 
@@ -40,18 +46,20 @@ def dtype_name(dtype) -> str:
     raise TypeError(f"ECF8 encodes {sorted(DTYPES)}, not {dt}")
 
 
-def choose_chunk_steps(size: int, chunk_steps: int | None = None) -> int:
+def choose_chunk_steps(size: int, chunk_steps: int | None = None, version: int = 1) -> int:
     """Steps per chunk: at most ``chunk_steps``, balanced so the last chunk is nearly full.
 
     Args:
       size: number of weights.
-      chunk_steps: upper bound (default ``DEFAULT_CHUNK_STEPS``); a multiple of 32.
+      chunk_steps: upper bound (default ``DEFAULT_CHUNK_STEPS`` for version 1,
+        ``grouped.DEFAULT_CHUNK_STEPS`` for version 2); a multiple of 32.
+      version: the format version whose default applies.
 
     Returns:
       A positive multiple of 32.
     """
     if chunk_steps is None:
-        limit = DEFAULT_CHUNK_STEPS
+        limit = grouped.DEFAULT_CHUNK_STEPS if version == 2 else DEFAULT_CHUNK_STEPS
     elif isinstance(chunk_steps, bool | float | str):
         raise ValueError(f"chunk_steps must be an integer, not {chunk_steps!r}")
     else:
@@ -189,29 +197,44 @@ def _tile_chunks(raw2d: np.ndarray, steps: int):
             yield part, np.full(part.shape[0], valid_rows * LANES)
 
 
-def encode(x, *, chunk_steps: int | None = None, layout: str = "flat") -> Ecf8Tensor:
+def encode(
+    x, *, chunk_steps: int | None = None, layout: str = "flat", version: int | None = None
+) -> Ecf8Tensor:
     """Encodes an FP8 array losslessly.
 
     Args:
       x: a numpy (ml_dtypes) or jax array of dtype ``float8_e4m3fn`` or ``float8_e5m2``, any
         shape (0-size and scalars included).
       chunk_steps: upper bound on symbols per lane per chunk (multiple of 32); a chunk holds
-        ``128 * chunk_steps`` weights. Defaults to ``DEFAULT_CHUNK_STEPS``.
+        ``128 * chunk_steps`` weights. Defaults to ``DEFAULT_CHUNK_STEPS`` (version 1) or
+        ``grouped.DEFAULT_CHUNK_STEPS`` (version 2).
       layout: ``"flat"`` (any shape) or ``"tiles"`` (2-D, last dimension a multiple of 128:
         chunks are [chunk_steps, 128] tiles, what the fused matmul kernel decodes).
+      version: the format version; ``None`` writes ``FORMAT_VERSION`` (2) for ``flat`` and 1
+        for ``tiles`` (version 2 has no fused matmul kernel yet).
 
     Returns:
       An ``Ecf8Tensor`` with numpy leaves that decodes to the bit patterns of ``x``.
 
     Raises:
       TypeError: ``x`` is not FP8.
-      ValueError: bad ``chunk_steps`` or ``layout``.
+      ValueError: bad ``chunk_steps``, ``layout`` or ``version``.
     """
     arr = _as_fp8_numpy(x)
     name = dtype_name(arr.dtype)
     shape = tuple(int(d) for d in arr.shape)
     n = arr.size
     raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    if version is None:
+        version = FORMAT_VERSION if layout == "flat" else 1
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(
+            f"unknown format version {version!r}; expected one of {SUPPORTED_VERSIONS}"
+        )
+    if version == 2:
+        if layout != "flat":
+            raise ValueError(f"format version 2 supports layout 'flat' only, not {layout!r}")
+        return _encode_v2(raw, shape, name, chunk_steps)
     if layout == "flat":
         steps = choose_chunk_steps(n, chunk_steps)
         pieces = _flat_chunks(raw, steps, num_chunks(n, steps))
@@ -252,7 +275,7 @@ def encode(x, *, chunk_steps: int | None = None, layout: str = "flat") -> Ecf8Te
     )
 
     meta = {
-        "version": FORMAT_VERSION,
+        "version": 1,
         "shape": list(shape),
         "dtype": name,
         "chunk_steps": steps,
@@ -268,6 +291,28 @@ def encode(x, *, chunk_steps: int | None = None, layout: str = "flat") -> Ecf8Te
         shape=shape,
         dtype=name,
         chunk_steps=steps,
-        version=FORMAT_VERSION,
+        version=1,
         layout=layout,
+    )
+
+
+def _encode_v2(raw: np.ndarray, shape: tuple[int, ...], name: str, chunk_steps) -> Ecf8Tensor:
+    n = raw.size
+    steps = choose_chunk_steps(n, chunk_steps, version=2)
+    chunks = num_chunks(n, steps)
+    stream, offsets, raw_words, lengths = encode_grouped(raw, steps, chunks)
+    meta = {"version": 2, "shape": list(shape), "dtype": name, "chunk_steps": steps,
+            "layout": "flat"}  # fmt: skip
+    checksums = compute_checksums(meta, stream, offsets, raw_words, lengths)
+    return Ecf8Tensor(
+        stream=stream,
+        chunk_offsets=offsets,
+        signs=raw_words,
+        code_lengths=lengths,
+        checksums=checksums,
+        shape=shape,
+        dtype=name,
+        chunk_steps=steps,
+        version=2,
+        layout="flat",
     )

@@ -1,6 +1,13 @@
 """The ``Ecf8Tensor`` pytree: the arrays of one encoded tensor and their static metadata.
 
-Invariants (checked by :func:`validate`; see docs/FORMAT.md for the bit-level layout). With
+Invariants of version 2 (``grouped.py``; checked by :func:`validate`), with the same ``n``,
+``L``, ``S``, ``C`` as below: ``stream`` uint32[W] code words; ``chunk_offsets`` uint32[C + 1]
+word index of each chunk, starting at 0, non-decreasing, at most ``128 * (S / 4 + 2)`` words
+per chunk, ending within ``W``; ``signs`` holds the **raw nibble plane**, uint32[C, S // 8, L];
+``code_lengths`` uint8[C, 16], one codebook per chunk, lengths <= 8, Kraft sum <= 1, at least
+one present per chunk; ``checksums`` uint32[C + 1].
+
+Invariants of version 1 (see docs/FORMAT.md for the bit-level layout). With
 ``n = prod(shape)``, ``L = LANES``, ``S = chunk_steps`` and ``C = ceil(n / (L * S))``:
 
 * ``stream``: uint32[W], the 16-bit code units of all chunks, two per word (high half first).
@@ -24,6 +31,7 @@ import zlib
 import jax
 import numpy as np
 
+from ecf8_jax.format import grouped
 from ecf8_jax.format.codebook import kraft_sum
 from ecf8_jax.format.constants import (
     DTYPES,
@@ -58,8 +66,8 @@ class Ecf8Tensor:
 
     stream: jax.Array  # uint32[W]
     chunk_offsets: jax.Array  # uint32[C + 1]
-    signs: jax.Array  # uint32[C, S // 32, LANES]
-    code_lengths: jax.Array  # uint8[NUM_SYMBOLS]
+    signs: jax.Array  # v1: uint32[C, S // 32, LANES] signs; v2: uint32[C, S // 8, LANES] nibbles
+    code_lengths: jax.Array  # v1: uint8[NUM_SYMBOLS]; v2: uint8[C, 16]
     checksums: jax.Array  # uint32[C + 1]
     shape: tuple[int, ...]
     dtype: str
@@ -134,18 +142,25 @@ def compute_checksums(
     signs: np.ndarray,
     code_lengths: np.ndarray,
 ) -> np.ndarray:
-    """CRC-32 of each chunk (its units, big-endian, and its sign words), then of the header.
+    """CRC-32 of each chunk, then of the header.
+
+    A chunk's CRC covers, version 1: its 16-bit units (big-endian) and its sign words;
+    version 2: its stream words, raw words and code lengths (little-endian).
 
     Returns:
       uint32[C + 1].
     """
-    units = np.asarray(stream, dtype=np.uint32).astype(">u4").view(">u2")
+    v2 = metadata["version"] == 2
+    stream = np.asarray(stream, dtype=np.uint32)
+    units = stream.astype("<u4") if v2 else stream.astype(">u4").view(">u2")
     offsets = np.asarray(chunk_offsets, dtype=np.int64)
     signs = np.asarray(signs, dtype="<u4")
+    lengths = np.asarray(code_lengths, dtype=np.uint8)
     out = np.empty(offsets.shape[0], dtype=np.uint32)
     for c in range(offsets.shape[0] - 1):
         crc = zlib.crc32(units[offsets[c] : offsets[c + 1]].tobytes())
-        out[c] = zlib.crc32(signs[c].tobytes(), crc)
+        crc = zlib.crc32(signs[c].tobytes(), crc)
+        out[c] = zlib.crc32(lengths[c].tobytes(), crc) if v2 else crc
     out[-1] = zlib.crc32(header_bytes(metadata, code_lengths, chunk_offsets))
     return out
 
@@ -213,6 +228,9 @@ def validate(t: Ecf8Tensor) -> Ecf8Tensor:
     _expect("stream", stream, np.uint32, None)
     if stream.ndim != 1:
         raise FormatError(f"stream: shape {stream.shape}, expected one axis")
+    if t.version == 2:
+        _validate_v2(t, stream, offsets, signs, lengths, checksums)
+        return t
     _expect("chunk_offsets", offsets, np.uint32, (c + 1,))
     _expect("signs", signs, np.uint32, (c, s // SIGN_WORD_BITS, LANES))
     _expect("code_lengths", lengths, np.uint8, (NUM_SYMBOLS,))
@@ -239,6 +257,47 @@ def validate(t: Ecf8Tensor) -> Ecf8Tensor:
             f"but chunk_offsets end at unit {off[-1]} (truncated?)"
         )
     return t
+
+
+def _validate_v2(t, stream, offsets, raw, lengths, checksums) -> None:
+    n, c, s = t.size, t.num_chunks, t.chunk_steps
+    if t.layout != "flat":
+        raise FormatError(f"format version 2 has layout 'flat' only, not {t.layout!r}")
+    _expect("chunk_offsets", offsets, np.uint32, (c + 1,))
+    _expect("signs (raw nibbles)", raw, np.uint32, (c, s // grouped.NIBBLES_PER_WORD, LANES))
+    _expect("code_lengths", lengths, np.uint8, (c, grouped.NUM_SYMBOLS))
+    _expect("checksums", checksums, np.uint32, (c + 1,))
+    if lengths.max(initial=0) > grouped.MAX_CODE_LEN:
+        bad = int(np.argmax(lengths.max(axis=1) > grouped.MAX_CODE_LEN))
+        raise FormatError(
+            f"code_lengths: chunk {bad} has a code of {lengths[bad].max()} bits "
+            f"> {grouped.MAX_CODE_LEN}"
+        )
+    kraft = np.where(lengths > 0, 1 << (grouped.MAX_CODE_LEN - lengths.astype(np.int64)), 0)
+    over = kraft.sum(axis=1) > 1 << grouped.MAX_CODE_LEN
+    if over.any():
+        raise FormatError(
+            f"code_lengths: chunk {int(np.argmax(over))} is over-subscribed (Kraft sum > 1), "
+            "not a prefix code"
+        )
+    if n > 0 and not lengths.any(axis=1).all():
+        bad = int(np.argmax(~lengths.any(axis=1)))
+        raise FormatError(f"code_lengths: chunk {bad} has no symbol present")
+    off = offsets.astype(np.int64)
+    if off[0] != 0:
+        raise FormatError(f"chunk_offsets[0] = {off[0]}, expected 0")
+    sizes = np.diff(off)
+    if (sizes < 0).any():
+        bad = int(np.argmax(sizes < 0))
+        raise FormatError(f"chunk_offsets decrease at chunk {bad}: {off[bad]} > {off[bad + 1]}")
+    most = grouped.max_chunk_words(s)
+    if (sizes > most).any():
+        bad = int(np.argmax(sizes > most))
+        raise FormatError(f"chunk {bad} holds {sizes[bad]} words, more than {most}")
+    if off[-1] > stream.shape[0]:
+        raise FormatError(
+            f"stream: {stream.shape[0]} words, but chunk_offsets end at word {off[-1]} (truncated?)"
+        )
 
 
 def verify_checksums(t: Ecf8Tensor) -> Ecf8Tensor:

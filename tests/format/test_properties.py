@@ -20,6 +20,12 @@ from hypothesis.extra import numpy as hnp
 
 import ecf8_jax
 
+
+def encode_v1(x, **kw):
+    """This module tests format version 1 (docs/FORMAT.md); version 2 is test_grouped.py."""
+    return ecf8_jax.encode(x, version=1, **kw)
+
+
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
 E5M2 = np.dtype(ml_dtypes.float8_e5m2)
 LANES = 128
@@ -87,7 +93,7 @@ def _decode_slots(t: ecf8_jax.Ecf8Tensor) -> np.ndarray:
 @settings(max_examples=30, deadline=None)
 @given(x=fp8_arrays(), chunk_steps=st.sampled_from([32, 64]))
 def test_encode_then_decode_is_the_identity_on_bit_patterns(x, chunk_steps):
-    t = ecf8_jax.encode(x, chunk_steps=chunk_steps)
+    t = encode_v1(x, chunk_steps=chunk_steps)
     ecf8_jax.validate(t)
     assert t.shape == x.shape
     assert t.num_chunks <= 2
@@ -104,7 +110,7 @@ def test_encode_then_decode_is_the_identity_on_bit_patterns(x, chunk_steps):
 @settings(max_examples=30, deadline=None)
 @given(x=fp8_arrays(), chunk_steps=st.sampled_from([32, 64, 1024]))
 def test_encoding_is_valid_with_complete_code_and_matching_checksums(x, chunk_steps):
-    t = ecf8_jax.encode(x, chunk_steps=chunk_steps)
+    t = encode_v1(x, chunk_steps=chunk_steps)
     ecf8_jax.verify_checksums(t)
     lengths = t.code_lengths.astype(np.int64)
     present = np.unique(x.view(np.uint8) & 0x7F)

@@ -17,6 +17,12 @@ import pytest
 
 import ecf8_jax
 
+
+def encode_v1(x, **kw):
+    """This module tests format version 1 (docs/FORMAT.md); version 2 is test_grouped.py."""
+    return ecf8_jax.encode(x, version=1, **kw)
+
+
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
 E5M2 = np.dtype(ml_dtypes.float8_e5m2)
 FP8_DTYPES = [pytest.param(E4M3, id="e4m3fn"), pytest.param(E5M2, id="e5m2")]
@@ -43,7 +49,7 @@ def _pad_to_capacity(t: ecf8_jax.Ecf8Tensor) -> ecf8_jax.Ecf8Tensor:
 
 
 def _round_trip(x, *, chunk_steps=None, pad=True) -> ecf8_jax.Ecf8Tensor:
-    t = ecf8_jax.encode(x, chunk_steps=chunk_steps)
+    t = encode_v1(x, chunk_steps=chunk_steps)
     ecf8_jax.verify_checksums(t)
     out = DECODE(_pad_to_capacity(t) if pad else t)
     _assert_bits_equal(out, np.asarray(x))
@@ -143,7 +149,7 @@ def test_uniform_random_bytes_cost_at_most_one_percent_over_8_bits_and_round_tri
 def test_gaussian_weights_cost_about_sign_plus_mantissa_plus_exponent_entropy(dtype):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(1 << 17) * 0.02).astype(dtype)
-    s = ecf8_jax.stats(x)
+    s = ecf8_jax.stats(x, version=1)
     mantissa_bits = {E4M3: 3, E5M2: 2}[np.dtype(dtype)]
     # 1 sign bit + raw mantissa + H(exponent); e4m3fn: 4 + H(exponent).
     assert abs(s.bits_per_weight - (1 + mantissa_bits + s.exponent_entropy)) <= 0.08
@@ -158,8 +164,8 @@ def test_gaussian_weights_round_trip():
 def test_encode_accepts_jax_arrays_like_numpy_arrays():
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((64, 64))).astype(E4M3)
-    from_jax = ecf8_jax.encode(jnp.asarray(x), chunk_steps=32)
-    from_numpy = ecf8_jax.encode(x, chunk_steps=32)
+    from_jax = encode_v1(jnp.asarray(x), chunk_steps=32)
+    from_numpy = encode_v1(x, chunk_steps=32)
     for a, b in zip(jax.tree_util.tree_leaves(from_jax), jax.tree_util.tree_leaves(from_numpy)):
         np.testing.assert_array_equal(a, b)
     assert from_jax.metadata() == from_numpy.metadata()
@@ -188,12 +194,12 @@ def test_encode_accepts_non_contiguous_arrays():
 )
 def test_encode_rejects_non_fp8_dtypes_with_type_error(dtype):
     with pytest.raises(TypeError, match="float8_e4m3fn"):
-        ecf8_jax.encode(np.zeros((4, 4), dtype))
+        encode_v1(np.zeros((4, 4), dtype))
 
 
 def test_chunk_steps_32_gives_many_chunks_of_32_steps():
     x = np.random.default_rng(5).integers(0, 256, 20000, dtype=np.uint8).view(E4M3)
-    t = ecf8_jax.encode(x, chunk_steps=32)
+    t = encode_v1(x, chunk_steps=32)
     assert t.chunk_steps == 32
     assert t.num_chunks == 5  # ceil(20000 / (128 * 32))
     assert t.signs.shape == (5, 1, LANES)
@@ -204,7 +210,7 @@ def test_chunk_steps_32_gives_many_chunks_of_32_steps():
 @pytest.mark.parametrize("n", [1, 4096, 20000, 1 << 17, (1 << 17) + 1, 1 << 20])
 @pytest.mark.parametrize("limit", [None, 32, 64, 1024])
 def test_chunk_steps_is_a_bounded_multiple_of_32_with_no_extra_chunk(n, limit):
-    t = ecf8_jax.encode(np.zeros(n, E4M3), chunk_steps=limit)
+    t = encode_v1(np.zeros(n, E4M3), chunk_steps=limit)
     limit = 1024 if limit is None else limit
     assert t.chunk_steps % 32 == 0
     assert 0 < t.chunk_steps <= limit
@@ -216,14 +222,14 @@ def test_chunk_steps_is_a_bounded_multiple_of_32_with_no_extra_chunk(n, limit):
 @pytest.mark.parametrize("chunk_steps", [0, -32, 16, 31, 48, 100])
 def test_invalid_chunk_steps_raise_value_error(chunk_steps):
     with pytest.raises(ValueError, match="multiple of 32"):
-        ecf8_jax.encode(np.zeros(10, E4M3), chunk_steps=chunk_steps)
+        encode_v1(np.zeros(10, E4M3), chunk_steps=chunk_steps)
 
 
 @pytest.mark.parametrize("chunk_steps", [32.5, 63.9])
 def test_non_integer_chunk_steps_raise_instead_of_being_truncated(chunk_steps):
     # 32.5 is not a multiple of 32; int() would silently turn it into 32 (and 63.9 into 63).
     with pytest.raises((TypeError, ValueError)):
-        ecf8_jax.encode(np.zeros(10, E4M3), chunk_steps=chunk_steps)
+        encode_v1(np.zeros(10, E4M3), chunk_steps=chunk_steps)
 
 
 def test_tensor_spanning_several_encoder_blocks_round_trips():
@@ -258,7 +264,7 @@ def test_nan_signed_zero_subnormal_and_extremes_round_trip():
 def test_decode_chunks_returns_the_asked_chunks_in_order_and_clamps_ids():
     rng = np.random.default_rng(11)
     w = rng.integers(0, 256, 7 * 4096 + 100, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn)
-    t = ecf8_jax.encode(w, chunk_steps=32)  # 4096 weights per chunk, 8 chunks (last ragged)
+    t = encode_v1(w, chunk_steps=32)  # 4096 weights per chunk, 8 chunks (last ragged)
     slots = np.asarray(jax.jit(ecf8_jax.decode)(t)).view(np.uint8)
     padded = np.zeros(8 * 4096, np.uint8)
     padded[: w.size] = slots

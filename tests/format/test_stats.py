@@ -11,6 +11,12 @@ import pytest
 
 import ecf8_jax
 
+
+def encode_v1(x, **kw):
+    """This module tests format version 1 (docs/FORMAT.md); version 2 is test_grouped.py."""
+    return ecf8_jax.encode(x, version=1, **kw)
+
+
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
 E5M2 = np.dtype(ml_dtypes.float8_e5m2)
 FP8_DTYPES = [pytest.param(E4M3, id="e4m3fn"), pytest.param(E5M2, id="e5m2")]
@@ -68,8 +74,8 @@ def test_four_equally_likely_bytes_have_2_bits_of_entropy():
 @pytest.mark.parametrize("dtype", FP8_DTYPES)
 def test_breakdown_sums_to_nbytes_and_bits_per_weight_matches_the_encoding(dtype):
     x = _gaussian(dtype).reshape(250, 200)
-    s = ecf8_jax.stats(x)
-    t = ecf8_jax.encode(x)
+    s = ecf8_jax.stats(x, version=1)
+    t = encode_v1(x)
     assert s.size == x.size
     assert s.dtype == t.dtype
     assert set(s.breakdown) == {"stream", "chunk_offsets", "signs", "code_lengths", "checksums"}
@@ -82,8 +88,8 @@ def test_breakdown_sums_to_nbytes_and_bits_per_weight_matches_the_encoding(dtype
 
 def test_stats_passes_encode_options_and_reuses_a_given_encoding():
     x = _gaussian(E4M3)
-    small_chunks = ecf8_jax.encode(x, chunk_steps=32)
-    s = ecf8_jax.stats(x, chunk_steps=32)
+    small_chunks = encode_v1(x, chunk_steps=32)
+    s = ecf8_jax.stats(x, chunk_steps=32, version=1)
     assert sum(s.breakdown.values()) == small_chunks.nbytes
     assert s.breakdown["chunk_offsets"] == 4 * (small_chunks.num_chunks + 1)
     assert ecf8_jax.stats(x, encoded=small_chunks).breakdown == s.breakdown

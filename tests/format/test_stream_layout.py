@@ -18,6 +18,12 @@ import pytest
 
 import ecf8_jax
 
+
+def encode_v1(x, **kw):
+    """This module tests format version 1 (docs/FORMAT.md); version 2 is test_grouped.py."""
+    return ecf8_jax.encode(x, version=1, **kw)
+
+
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
 E5M2 = np.dtype(ml_dtypes.float8_e5m2)
 FP8_DTYPES = [pytest.param(E4M3, id="e4m3fn"), pytest.param(E5M2, id="e5m2")]
@@ -112,7 +118,7 @@ def _skewed_all_magnitudes(dtype, seed: int = 0) -> np.ndarray:
 
 def test_spec_decoder_reproduces_the_worked_example():
     x = np.array([1.0, -0.5, 1.0], dtype=ml_dtypes.float8_e4m3fn)
-    result = _spec_decode(ecf8_jax.encode(x))
+    result = _spec_decode(encode_v1(x))
     np.testing.assert_array_equal(result.out, [0x38, 0xB0, 0x38])
     assert result.units_taken == [3]
 
@@ -120,7 +126,7 @@ def test_spec_decoder_reproduces_the_worked_example():
 @pytest.mark.parametrize("dtype", FP8_DTYPES)
 def test_every_magnitude_with_16_bit_codes_round_trips(dtype):
     x = _skewed_all_magnitudes(dtype)
-    t = ecf8_jax.encode(x, chunk_steps=32)
+    t = encode_v1(x, chunk_steps=32)
     ecf8_jax.validate(t)
     assert (t.code_lengths > 0).all(), "every magnitude must be present"
     assert int(t.code_lengths.max()) == 16
@@ -133,7 +139,7 @@ def test_every_magnitude_with_16_bit_codes_round_trips(dtype):
 @pytest.mark.parametrize("dtype", FP8_DTYPES)
 def test_spec_decoder_matches_encoder_on_16_bit_codes_across_chunks(dtype):
     x = _skewed_all_magnitudes(dtype, seed=1)
-    t = ecf8_jax.encode(x, chunk_steps=32)
+    t = encode_v1(x, chunk_steps=32)
     assert t.num_chunks == 7
     result = _spec_decode(t)
     np.testing.assert_array_equal(result.out, x.view(np.uint8))
@@ -143,7 +149,7 @@ def test_spec_decoder_matches_encoder_on_16_bit_codes_across_chunks(dtype):
 
 def test_codes_straddle_unit_word_and_chunk_boundaries_and_round_trip():
     x = _skewed_all_magnitudes(E4M3, seed=2)
-    t = ecf8_jax.encode(x, chunk_steps=32)
+    t = encode_v1(x, chunk_steps=32)
     result = _spec_decode(t)
     np.testing.assert_array_equal(result.out, x.view(np.uint8))
     assert result.straddle_unit > 100
@@ -157,7 +163,7 @@ def test_codes_straddle_unit_word_and_chunk_boundaries_and_round_trip():
 def test_spec_decoder_matches_encoder_for_partial_last_chunks(n):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal(n) * 0.05).astype(E4M3)
-    t = ecf8_jax.encode(x, chunk_steps=32)
+    t = encode_v1(x, chunk_steps=32)
     assert t.num_chunks * 32 * LANES >= n > (t.num_chunks - 1) * 32 * LANES
     result = _spec_decode(t)
     np.testing.assert_array_equal(result.out, x.view(np.uint8))

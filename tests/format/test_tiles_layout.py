@@ -13,6 +13,12 @@ import ecf8_jax
 from ecf8_jax.format.codebook import canonical_tables
 from pallas_kernels.ecf8_decode.reference import ecf8_decode_reference
 
+
+def encode_v1(x, **kw):
+    """This module tests format version 1 (docs/FORMAT.md); version 2 is test_grouped.py."""
+    return ecf8_jax.encode(x, version=1, **kw)
+
+
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
 decode = jax.jit(ecf8_jax.decode)
 
@@ -24,7 +30,7 @@ def _weight(shape, seed=0):
 @pytest.mark.parametrize("shape", [(64, 128), (33, 256), (100, 384), (1, 128), (0, 256)])
 def test_tiles_layout_round_trips_bit_exactly(shape):
     x = _weight(shape)
-    t = ecf8_jax.encode(x, layout="tiles", chunk_steps=32)
+    t = encode_v1(x, layout="tiles", chunk_steps=32)
     ecf8_jax.verify_checksums(t)
     out = np.asarray(decode(t))
     assert out.shape == shape
@@ -33,7 +39,7 @@ def test_tiles_layout_round_trips_bit_exactly(shape):
 
 def test_each_chunk_is_one_tile_of_rows_by_128_columns():
     x = _weight((70, 256), seed=1)
-    t = ecf8_jax.encode(x, layout="tiles", chunk_steps=32)
+    t = encode_v1(x, layout="tiles", chunk_steps=32)
     assert t.chunk_steps == 32 and t.num_chunks == 3 * 2  # 70 rows -> 3 row blocks of 32
     slots = np.asarray(ecf8_decode_reference(*_raw(t))).reshape(6, 32, 128)
     # chunk rb * 2 + cb holds rows rb*32 .. and columns cb*128 ..; rows past 70 are padding.
@@ -49,22 +55,22 @@ def _raw(t):
 
 def test_tiles_cost_about_the_same_as_flat():
     x = _weight((1000, 512), seed=2)
-    flat = ecf8_jax.encode(x).bits_per_weight
-    tiles = ecf8_jax.encode(x, layout="tiles").bits_per_weight
+    flat = encode_v1(x).bits_per_weight
+    tiles = encode_v1(x, layout="tiles").bits_per_weight
     assert abs(tiles - flat) < 0.05
 
 
 @pytest.mark.parametrize("shape", [(10,), (4, 100), (2, 3, 128)])
 def test_tiles_layout_rejects_shapes_it_cannot_tile(shape):
     with pytest.raises(ValueError, match="multiple of 128"):
-        ecf8_jax.encode(_weight(shape), layout="tiles")
+        encode_v1(_weight(shape), layout="tiles")
 
 
 def test_unknown_layout_is_rejected_by_encode_validate_and_decode():
     x = _weight((4, 128))
     with pytest.raises(ValueError, match="unknown layout"):
-        ecf8_jax.encode(x, layout="columns")
-    t = dataclasses.replace(ecf8_jax.encode(x), layout="columns")
+        encode_v1(x, layout="columns")
+    t = dataclasses.replace(encode_v1(x), layout="columns")
     with pytest.raises(ecf8_jax.FormatError, match="unknown layout"):
         ecf8_jax.validate(t)
     with pytest.raises(ecf8_jax.FormatError, match="unknown layout"):
@@ -73,7 +79,7 @@ def test_unknown_layout_is_rejected_by_encode_validate_and_decode():
 
 def test_header_checksum_covers_the_layout():
     x = _weight((32, 128))
-    t = ecf8_jax.encode(x, layout="tiles", chunk_steps=32)
+    t = encode_v1(x, layout="tiles", chunk_steps=32)
     flipped = dataclasses.replace(t, layout="flat")  # same arrays, other meaning
     ecf8_jax.validate(flipped)
     with pytest.raises(ecf8_jax.FormatError, match="header"):

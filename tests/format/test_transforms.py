@@ -15,6 +15,12 @@ from jax import lax
 
 import ecf8_jax
 
+
+def encode_v1(x, **kw):
+    """This module tests format version 1 (docs/FORMAT.md); version 2 is test_grouped.py."""
+    return ecf8_jax.encode(x, version=1, **kw)
+
+
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
 SHAPE = (48, 96)  # 4608 weights: two chunks of 32 steps
 
@@ -26,7 +32,7 @@ def _weights(count: int) -> list[np.ndarray]:
 
 
 def _stacked(xs: list[np.ndarray]) -> ecf8_jax.Ecf8Tensor:
-    tensors = [ecf8_jax.encode(x, chunk_steps=32) for x in xs]
+    tensors = [encode_v1(x, chunk_steps=32) for x in xs]
     assert len({t.stream.shape for t in tensors}) > 1, "streams should differ in length"
     return ecf8_jax.stack(tensors)
 
@@ -44,7 +50,7 @@ def _assert_bits_equal(actual, expected) -> None:
 
 def test_stack_adds_a_leading_axis_and_pads_streams_to_the_longest():
     xs = _weights(3)
-    tensors = [ecf8_jax.encode(x, chunk_steps=32) for x in xs]
+    tensors = [encode_v1(x, chunk_steps=32) for x in xs]
     s = ecf8_jax.stack(tensors)
     width = max(t.stream.shape[0] for t in tensors)
     assert s.stream.shape == (3, width)
@@ -61,8 +67,8 @@ def test_stack_adds_a_leading_axis_and_pads_streams_to_the_longest():
 def test_stack_rejects_no_tensors_and_mixed_metadata():
     with pytest.raises(ecf8_jax.FormatError, match="at least one"):
         ecf8_jax.stack([])
-    a = ecf8_jax.encode(np.zeros(SHAPE, E4M3), chunk_steps=32)
-    b = ecf8_jax.encode(np.zeros(SHAPE[::-1], E4M3), chunk_steps=32)
+    a = encode_v1(np.zeros(SHAPE, E4M3), chunk_steps=32)
+    b = encode_v1(np.zeros(SHAPE[::-1], E4M3), chunk_steps=32)
     with pytest.raises(ecf8_jax.FormatError, match="tensor 1"):
         ecf8_jax.stack([a, b])
 
@@ -121,7 +127,7 @@ def test_scan_decode_over_a_stack_is_bit_exact_and_does_not_retrace():
 
 def test_decode_of_device_arrays_matches_decode_of_host_arrays():
     (x,) = _weights(1)
-    t = ecf8_jax.encode(x, chunk_steps=32)
+    t = encode_v1(x, chunk_steps=32)
     on_device = jax.device_put(t)
     assert all(isinstance(leaf, jax.Array) for leaf in jax.tree_util.tree_leaves(on_device))
     _assert_bits_equal(jax.jit(ecf8_jax.decode)(on_device), x)

@@ -24,6 +24,12 @@ from pallas_kernels.ecf8_decode.pallas_gpu import ecf8_decode_gpu
 from pallas_kernels.ecf8_decode.pallas_tpu import ecf8_decode_tpu
 from pallas_kernels.ecf8_decode.reference import ecf8_decode_reference
 
+
+def encode_v1(x, **kw):
+    """This module tests the version-1 kernels; version 2 is test_grouped_decode.py."""
+    return ecf8_jax.encode(x, version=1, **kw)
+
+
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
 E5M2 = np.dtype(ml_dtypes.float8_e5m2)
 ON_CPU = jax.default_backend() == "cpu"
@@ -86,7 +92,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_backend_decodes_every_case_bit_exactly(implementation, case):
     x, chunk_steps = CASES[case]
-    t = ecf8_jax.encode(x, chunk_steps=chunk_steps)
+    t = encode_v1(x, chunk_steps=chunk_steps)
     if case == "longest_codes_16_bits":
         assert t.code_lengths.max() == 16
     out = _decode(t, implementation)
@@ -95,7 +101,7 @@ def test_every_backend_decodes_every_case_bit_exactly(implementation, case):
 
 def test_kernels_match_the_reference_on_the_padding_too():
     x, _ = CASES["ragged_nine_chunks"]
-    raw = _raw(ecf8_jax.encode(x, chunk_steps=32))
+    raw = _raw(encode_v1(x, chunk_steps=32))
     want = np.asarray(ecf8_decode_reference(*raw))
     gpu = np.asarray(ecf8_decode_gpu(*raw, interpret=True))
     tpu = np.asarray(ecf8_decode_tpu(*raw, interpret=compat.tpu_interpret_params()))
@@ -106,7 +112,7 @@ def test_kernels_match_the_reference_on_the_padding_too():
 @pytest.mark.parametrize("num_warps, num_stages", [(4, 1), (8, 1), (4, 2), (2, 3)])
 def test_gpu_kernel_lowers_for_cuda_in_every_block_configuration(num_warps, num_stages):
     x, _ = CASES["ragged_nine_chunks"]
-    raw = _raw(ecf8_jax.encode(x, chunk_steps=32))
+    raw = _raw(encode_v1(x, chunk_steps=32))
     sizes = BlockSizes(num_warps=num_warps, num_stages=num_stages)
     f = jax.jit(lambda *a: ecf8_decode_gpu(*a, block_sizes=sizes))
     with compat.abstract_device("cuda"):
@@ -117,7 +123,7 @@ def test_gpu_kernel_lowers_for_cuda_in_every_block_configuration(num_warps, num_
 
 def test_tpu_kernel_lowers_for_tpu():
     x, _ = CASES["ragged_nine_chunks"]
-    raw = _raw(ecf8_jax.encode(x, chunk_steps=32))
+    raw = _raw(encode_v1(x, chunk_steps=32))
     with compat.abstract_device("tpu"):
         text = jax.jit(ecf8_decode_tpu).trace(*raw).lower(lowering_platforms=("tpu",)).as_text()
     assert "ecf8_decode" in text
@@ -125,7 +131,7 @@ def test_tpu_kernel_lowers_for_tpu():
 
 
 def test_the_jitted_decode_lowers_for_cuda_through_the_api():
-    t = ecf8_jax.encode(CASES["specials_nan_zero_subnormal_max"][0], chunk_steps=32)
+    t = encode_v1(CASES["specials_nan_zero_subnormal_max"][0], chunk_steps=32)
     f = jax.jit(lambda t: ecf8_jax.decode(t, implementation="pallas_gpu", interpret=False))
     with compat.abstract_device("cuda"), warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -139,13 +145,13 @@ def test_the_jitted_decode_lowers_for_cuda_through_the_api():
 @pytest.mark.skipif(not ON_CPU, reason="checks the CPU host's refusal")
 @pytest.mark.parametrize("implementation", ["pallas_gpu", "pallas_tpu"])
 def test_an_explicit_backend_that_cannot_run_fails_fast_with_the_reason(implementation):
-    t = ecf8_jax.encode(np.ones(10, E4M3))
+    t = encode_v1(np.ones(10, E4M3))
     with pytest.raises(ValueError, match=f"{implementation} needs a"):
         ecf8_jax.decode(t, implementation=implementation)
 
 
 def test_the_default_falls_back_to_xla_with_a_warning(monkeypatch):
-    t = ecf8_jax.encode(np.arange(256, dtype=np.uint8).view(E4M3)[:200])
+    t = encode_v1(np.arange(256, dtype=np.uint8).view(E4M3)[:200])
     platform = "gpu" if ON_CPU else "cpu"
     monkeypatch.setattr(jax, "default_backend", lambda: platform)
     monkeypatch.setattr(api, "_default_implementation", lambda: "pallas_tpu")
@@ -164,7 +170,7 @@ def test_shapes_supported_names_the_tpu_vmem_limit():
 
 def test_tpu_kernel_never_reads_out_of_bounds_on_a_malformed_tensor():
     # TPU interpret mode raises on any out-of-bounds read; offsets and tables are garbage.
-    t = ecf8_jax.encode(CASES["ragged_nine_chunks"][0], chunk_steps=32)
+    t = encode_v1(CASES["ragged_nine_chunks"][0], chunk_steps=32)
     bad = dataclasses.replace(
         t,
         chunk_offsets=np.full_like(t.chunk_offsets, 2**31 - 1),
@@ -186,7 +192,7 @@ def test_decode_through_a_kernel_does_not_retrace():
 
     x = (np.random.default_rng(9).standard_normal(3000) * 0.1).astype(E4M3)
     y = (np.random.default_rng(10).standard_normal(3000) * 0.1).astype(E4M3)
-    a, b = (ecf8_jax.codec.pad_stream(ecf8_jax.encode(v, chunk_steps=32), 1024) for v in (x, y))
+    a, b = (ecf8_jax.codec.pad_stream(encode_v1(v, chunk_steps=32), 1024) for v in (x, y))
     np.testing.assert_array_equal(np.asarray(f(a)).view(np.uint8), x.view(np.uint8))
     np.testing.assert_array_equal(np.asarray(f(b)).view(np.uint8), y.view(np.uint8))
     assert len(traces) == 1
@@ -194,7 +200,7 @@ def test_decode_through_a_kernel_does_not_retrace():
 
 def test_kernels_take_raw_arrays_of_any_integer_dtype():
     x = CASES["one_weight"][0]
-    stream, offsets, signs, limits, deltas, symbols = _raw(ecf8_jax.encode(x))
+    stream, offsets, signs, limits, deltas, symbols = _raw(encode_v1(x))
     out = ecf8_decode_gpu(
         jnp.asarray(stream),
         jnp.asarray(offsets),
@@ -210,7 +216,7 @@ def test_kernels_take_raw_arrays_of_any_integer_dtype():
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_reference_table_and_compare_chain_decode_alike(case):
     x, chunk_steps = CASES[case]
-    raw = _raw(ecf8_jax.encode(x, chunk_steps=chunk_steps))
+    raw = _raw(encode_v1(x, chunk_steps=chunk_steps))
     chain = np.asarray(ecf8_decode_reference(*raw, use_table=False))
     table = np.asarray(ecf8_decode_reference(*raw, use_table=True))
     np.testing.assert_array_equal(table, chain)

@@ -1,0 +1,89 @@
+"""Dispatch for ECF8 version-2 decoding: a backend by name, or by the lowering platform.
+
+``decode(..., implementation=None)`` picks the kernel of the platform the program is being
+*lowered* for (``lax.platform_dependent``: Triton for CUDA, Mosaic for TPU, the plain-jnp
+``xla`` reference elsewhere), so a program traced on a CPU host and compiled for a TPU
+topology or an abstract H200 gets the device kernel. An explicit ``implementation=`` never
+falls back; it raises with the reason when the shapes cannot be taken, and a kernel lowered
+for a platform it does not support fails in the lowering with Pallas' message.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import jax
+from jax import lax
+
+from pallas_kernels import compat
+from pallas_kernels.grouped_decode.config import BlockSizes
+from pallas_kernels.grouped_decode.pallas_gpu import grouped_decode_gpu
+from pallas_kernels.grouped_decode.pallas_tpu import grouped_decode_tpu
+from pallas_kernels.grouped_decode.reference import grouped_decode_reference
+
+Implementation = Literal["xla", "pallas_gpu", "pallas_tpu"]
+IMPLEMENTATIONS: tuple[Implementation, ...] = ("xla", "pallas_gpu", "pallas_tpu")
+
+
+def shapes_supported(implementation: str, raw_shape) -> str | None:
+    """Why ``implementation`` cannot decode a raw plane of ``raw_shape``, or None if it can.
+
+    Args:
+      implementation: one of ``IMPLEMENTATIONS``.
+      raw_shape: ``(C, S // 8, L)``.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        return f"unknown implementation {implementation!r}; available: {IMPLEMENTATIONS}"
+    if implementation != "xla" and raw_shape[-1] != 128:
+        return f"{implementation} needs 128 lanes, got {raw_shape[-1]}"
+    return None
+
+
+def _run(implementation, args, block_sizes, interpret):
+    if implementation == "pallas_gpu":
+        return grouped_decode_gpu(*args, block_sizes=block_sizes, interpret=interpret)
+    if implementation == "pallas_tpu":
+        params = compat.tpu_interpret_params() if interpret else False
+        return grouped_decode_tpu(*args, block_sizes=block_sizes, interpret=params)
+    return grouped_decode_reference(*args)
+
+
+def decode(
+    stream: jax.Array,
+    chunk_offsets: jax.Array,
+    raw: jax.Array,
+    lut: jax.Array,
+    threshold: jax.Array,
+    *,
+    implementation: Implementation | None = None,
+    block_sizes: BlockSizes | None = None,
+    interpret: bool = False,
+) -> jax.Array:
+    """Decodes version-2 chunks to uint32[C, S // 4, L]; see ``grouped_decode_reference``.
+
+    Args:
+      stream, chunk_offsets, raw, lut, threshold: the raw arrays.
+      implementation: ``None`` (the lowering platform's kernel, else ``xla``) or one of
+        ``IMPLEMENTATIONS``.
+      block_sizes: launch parameters for a Pallas kernel (default: ``BlockSizes.get_default``).
+      interpret: run the Pallas kernel in interpret mode (CPU tests); needs an explicit
+        ``implementation``.
+
+    Raises:
+      ValueError: an implementation was asked for explicitly and cannot take these shapes.
+    """
+    args = (stream, chunk_offsets, raw, lut, threshold)
+    if implementation is not None:
+        reason = shapes_supported(implementation, raw.shape)
+        if reason is not None:
+            raise ValueError(f"ECF8 decode implementation {implementation!r}: {reason}")
+        return _run(implementation, args, block_sizes, interpret)
+    branches = {}
+    for platform, name in (("cuda", "pallas_gpu"), ("tpu", "pallas_tpu")):
+        reason = shapes_supported(name, raw.shape)
+        if reason is None:
+            branches[platform] = lambda *a, name=name: _run(name, a, block_sizes, False)
+        else:
+            warnings.warn(f"ECF8 decode on {platform} falls back to xla: {reason}", stacklevel=2)
+    return lax.platform_dependent(*args, default=lambda *a: _run("xla", a, None, False), **branches)
