@@ -50,6 +50,11 @@ VARIABLE_LATENCY = {
     "BREV": 15,
 }
 GLOBAL_MEMORY = {"LDG", "LD", "ATOM", "ATOMG", "RED", "LDGSTS"}
+# A global load from a kernel argument this small (a code table) stays in L1 after its first
+# iteration, so it costs an L1 hit, not a memory round trip.
+TABLE_BYTES = 64 * 1024
+L1_HIT_LATENCY = 35
+PARAM_BASE = 0x210  # sm_90 constant-bank offset of the first kernel parameter (8 bytes each)
 
 # Per-SM lane throughput per cycle on sm_90 (CUDA C programming guide, arithmetic
 # instructions table for compute capability 9.0): the issue limit is 4 schedulers x 32 lanes.
@@ -105,20 +110,25 @@ def tool(name: str) -> Path:
 
 
 @contextlib.contextmanager
-def capture_triton_ir() -> Iterator[list[tuple[str, tuple[int, ...]]]]:
-    """Records ``(Triton IR text, grid)`` of every Pallas Triton kernel lowered in the block.
+def capture_triton_ir() -> Iterator[list[tuple[str, tuple[int, ...], list[int]]]]:
+    """Records ``(Triton IR text, grid, bytes of each kernel argument)`` of every Pallas Triton
+    kernel lowered in the block (arguments in order: inputs, then outputs).
 
     Wraps ``jax._src.pallas.triton.lowering.lower_jaxpr_to_triton_module``, the function
     Pallas calls to build the module it then serialises into the custom call.
     """
     from jax._src.pallas.triton import pallas_call_registration as reg  # noqa: PLC0415
 
-    captured: list[tuple[str, tuple[int, ...]]] = []
+    captured: list[tuple[str, tuple[int, ...], list[int]]] = []
     original = reg.lowering.lower_jaxpr_to_triton_module
 
-    def spy(*args, **kwargs):
-        result = original(*args, **kwargs)
-        captured.append((result.module.operation.get_asm(), tuple(result.grid)))
+    def spy(jaxpr, grid_mapping, *args, **kwargs):
+        result = original(jaxpr, grid_mapping, *args, **kwargs)
+        param_bytes = [
+            int(bm.array_aval.size) * bm.array_aval.dtype.itemsize
+            for bm in grid_mapping.block_mappings
+        ]
+        captured.append((result.module.operation.get_asm(), tuple(result.grid), param_bytes))
         return result
 
     reg.lowering.lower_jaxpr_to_triton_module = spy
@@ -156,6 +166,13 @@ class Instruction:
             return None
         m = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)|)\s*(0x[0-9a-f]+)", self.text)
         return int(m.group(1), 16) if m else None
+
+    @property
+    def operands(self) -> list[str]:
+        """Operand tokens after the opcode (``R2``, ``UR10``, ``c[0x0][0x218]``, ``[R2.64]``)."""
+        body = re.sub(r"^@!?U?P\w+\s+", "", self.text)
+        rest = body[len(self.opcode) :].strip()
+        return [o.strip() for o in rest.split(",") if o.strip()]
 
     @property
     def stall(self) -> int:
@@ -239,12 +256,66 @@ def loop_chain(loops: Sequence[Loop], instrs: Sequence[Instruction]) -> list[Loo
         chain.append(min(outer, key=size))
 
 
-def simulate_cycles(body: Sequence[Instruction], ldg_latency: int = LDG_LATENCY) -> float:
+_REG = re.compile(r"\b(U?R\d+)\b")
+_PARAM = re.compile(r"c\[0x0\]\[(0x[0-9a-f]+)\]")
+
+
+def load_parameter(instrs: Sequence[Instruction], load: Instruction, depth: int = 5) -> int | None:
+    """Index of the kernel argument a global load reads from, by following its address
+    register back through its definitions to a ``c[0x0][param]`` read; None if not found."""
+    ops = load.operands
+    addr = next((o for o in ops if o.startswith("[") or "][" in o), None)
+    brackets = re.findall(r"\[([^\]]*)\]", addr or "")
+    m = _REG.search(brackets[-1]) if brackets else None
+    if not m:
+        return None
+    frontier = [(m.group(1), load.address)]
+    for _ in range(depth):
+        nxt = []
+        for reg, before in frontier:
+            definition = None
+            for ins in instrs:
+                if ins.address >= before:
+                    break
+                if (
+                    ins.operands
+                    and _REG.fullmatch(ins.operands[0].split(".")[0] or "")
+                    and (ins.operands[0].split(".")[0] == reg)
+                ):
+                    definition = ins
+            if definition is None:
+                continue
+            for op in definition.operands[1:]:
+                if p := _PARAM.search(op):
+                    offset = int(p.group(1), 16)
+                    if offset >= PARAM_BASE:
+                        return (offset - PARAM_BASE) // 8
+                for r in _REG.findall(op):
+                    nxt.append((r, definition.address))
+        frontier = nxt
+    return None
+
+
+def table_loads(instrs: Sequence[Instruction], param_bytes: Sequence[int]) -> set[int]:
+    """Addresses of global loads whose argument is at most ``TABLE_BYTES`` (L1-resident)."""
+    out = set()
+    for ins in instrs:
+        if ins.family in GLOBAL_MEMORY:
+            i = load_parameter(instrs, ins)
+            if i is not None and i < len(param_bytes) and param_bytes[i] <= TABLE_BYTES:
+                out.add(ins.address)
+    return out
+
+
+def simulate_cycles(
+    body: Sequence[Instruction], ldg_latency: int = LDG_LATENCY, l1_loads: set[int] = frozenset()
+) -> float:
     """Cycles one warp takes per iteration of ``body`` when it runs alone on its scheduler.
 
     In-order issue: each instruction waits for the scoreboards in its wait mask, issues, then
     stalls for its control-bit stall count; a variable-latency instruction releases its write
-    scoreboard ``VARIABLE_LATENCY`` (``ldg_latency`` for global loads) cycles after issue. Two
+    scoreboard ``VARIABLE_LATENCY`` (``ldg_latency`` for global loads, ``L1_HIT_LATENCY`` for
+    those in ``l1_loads``) cycles after issue. Two
     passes, the second measured, so loop-carried waits are counted.
     """
     ready = [0.0] * 6
@@ -258,7 +329,9 @@ def simulate_cycles(body: Sequence[Instruction], ldg_latency: int = LDG_LATENCY)
             for b in range(6):
                 if wait >> b & 1:
                     t = max(t, ready[b])
-            if ins.family in GLOBAL_MEMORY:
+            if ins.address in l1_loads:
+                latency = L1_HIT_LATENCY
+            elif ins.family in GLOBAL_MEMORY:
                 latency = ldg_latency
             else:
                 latency = VARIABLE_LATENCY.get(ins.family, 10)
@@ -293,6 +366,7 @@ class SassFacts:
     levels: list[tuple[int, float, Counter]]
     level_cycles_range: list[tuple[float, float]]
     loop_count: int
+    table_loads: int = 0
     sass: str = ""
 
     @property
@@ -300,7 +374,9 @@ class SassFacts:
         return WARP * self.num_warps
 
 
-def compile_ttir(ttir: str, num_warps: int, num_stages: int, workdir: Path) -> SassFacts:
+def compile_ttir(
+    ttir: str, num_warps: int, num_stages: int, workdir: Path, param_bytes: Sequence[int] = ()
+) -> SassFacts:
     """Compiles Triton IR for sm_90a with pip triton and reads its SASS and resources."""
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     import triton  # noqa: PLC0415
@@ -332,6 +408,7 @@ def compile_ttir(ttir: str, num_warps: int, num_stages: int, workdir: Path) -> S
     ).stderr  # fmt: skip
     spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
     instrs = parse_sass(sass)
+    l1 = table_loads(instrs, param_bytes)
     loops = find_loops(instrs)
     chain = loop_chain(loops, instrs)
     levels, ranges = [], []
@@ -343,8 +420,9 @@ def compile_ttir(ttir: str, num_warps: int, num_stages: int, workdir: Path) -> S
             return inside and not (inner_span and inner_span.start <= i.address <= inner_span.end)
 
         body = [i for i in instrs if own(i)]
-        levels.append((len(body), simulate_cycles(body), Counter(i.family for i in body)))
-        ranges.append(tuple(simulate_cycles(body, lat) for lat in LDG_LATENCY_RANGE))
+        cycles = simulate_cycles(body, l1_loads=l1)
+        levels.append((len(body), cycles, Counter(i.family for i in body)))
+        ranges.append(tuple(simulate_cycles(body, lat, l1) for lat in LDG_LATENCY_RANGE))
         inner_span = lp
     return SassFacts(
         num_warps=num_warps,
@@ -355,6 +433,7 @@ def compile_ttir(ttir: str, num_warps: int, num_stages: int, workdir: Path) -> S
         levels=levels,
         level_cycles_range=ranges,
         loop_count=len(loops),
+        table_loads=len(l1),
         sass=sass,
     )
 
@@ -366,12 +445,16 @@ def gpu_facts(lower: Callable[[], object], num_warps: int, num_stages: int) -> S
     Raises:
       ValueError: the program holds no Pallas Triton kernel, or more than one.
     """
+    import jax  # noqa: PLC0415
+
+    jax.clear_caches()  # a cached lowering would not run the Triton lowering again
     with capture_triton_ir() as captured:
         lower()
     if len(captured) != 1:
         raise ValueError(f"expected one Pallas Triton kernel, lowered {len(captured)}")
     with tempfile.TemporaryDirectory(prefix="kernel-cost-") as tmp:
-        return compile_ttir(captured[0][0], num_warps, num_stages, Path(tmp))
+        ttir, _, param_bytes = captured[0]
+        return compile_ttir(ttir, num_warps, num_stages, Path(tmp), param_bytes)
 
 
 def _run(cmd) -> str:

@@ -50,6 +50,29 @@ def test_sass_loops_are_found_by_backward_branches_innermost_first():
     assert sass.simulate_cycles(body, ldg_latency=100) == 100 + 1 + 4 + 1
 
 
+def test_a_load_from_a_small_table_argument_is_charged_an_l1_hit():
+    listing = "".join(
+        [
+            _sass_line(0x00, "ULDC.64 UR10, c[0x0][0x218]", ctrl()),  # argument 1: the stream
+            _sass_line(0x10, "LDC.64 R6, c[0x0][0x238]", ctrl()),  # argument 5: a table
+            _sass_line(0x20, "LEA R2, P2, R3, UR10, 0x2", ctrl()),
+            _sass_line(0x30, "LDG.E R2, desc[UR8][R2.64]", ctrl(wbar=0)),
+            _sass_line(0x40, "IMAD.WIDE R4, R2, 0x4, R6", ctrl(wait=1)),
+            _sass_line(0x50, "LDG.E R4, desc[UR8][R4.64+0x4]", ctrl(wbar=1)),
+            _sass_line(0x60, "SEL R5, R4, RZ, P0", ctrl(wait=2)),
+        ]
+    )
+    instrs = sass.parse_sass(listing)
+    loads = [i for i in instrs if i.family == "LDG"]
+    assert [sass.load_parameter(instrs, i) for i in loads] == [1, 5]
+    param_bytes = [516, 10_000_000, 2_000_000, 68, 68, 512, 16_000_000]
+    l1 = sass.table_loads(instrs, param_bytes)
+    assert l1 == {0x50}
+    body = instrs[2:]
+    # stream load (100) + IMAD (1) + table load at L1 latency + SEL (1)
+    assert sass.simulate_cycles(body, 100, l1) == 2 + 100 + sass.L1_HIT_LATENCY - 1 + 1 + 1
+
+
 def test_tpu_loop_levels_follow_the_lb_nesting_including_delay_slots():
     lines = ["   0x0   :  { %a = smov }", "   0x1 LB: > { %b }"]
     lines += ["   0x2   : > { %c }", "   0x3 LB: >> { %d }"]
