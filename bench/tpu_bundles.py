@@ -14,6 +14,7 @@ the first ``get_topology_desc`` of the process.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import shutil
@@ -44,9 +45,7 @@ def prepare() -> Path:
 
 def available() -> str | None:
     """None if libtpu can compile for a TPU topology here, else why not."""
-    try:
-        import libtpu  # noqa: F401, PLC0415
-    except ImportError:
+    if importlib.util.find_spec("libtpu") is None:
         return "pip libtpu is not installed (pip install -e .[kernelcost])"
     return None
 
