@@ -2,7 +2,8 @@
 
 Run as::
 
-    python -m bench.gpu [--json FILE] [--repeats N] [--calls N] [--smoke] [--no-estimate]
+    python -m bench.gpu [--json FILE] [--repeats N] [--calls N] [--smoke]
+                        [--estimates FILE | --no-estimate]
 
 One script, sized to finish in under 8 minutes on one H200 (budget: encoding the 1 GiB tensor
 twice on the host ~2 x 40 s, device time ~1 min, static estimates ~2 s per configuration with
@@ -23,7 +24,9 @@ pip triton, ~1 min in all). Rows:
 Each call is timed as the mean of ``--calls`` back-to-back calls between two synchronisations,
 so dispatch overhead is excluded; the table reports the median over ``--repeats`` of those.
 Beside every Pallas row, ``est`` is ``bench.kernel_cost``'s static GB/s for the same kernel,
-size and launch settings (when pip triton is installed), and ``meas/est`` calibrates it.
+size and launch settings, and ``meas/est`` calibrates it. The estimates are computed here when
+pip triton is installed, or read from ``--estimates FILE`` written on any CPU host by
+``python -m bench.kernel_cost --gpu-bench --json FILE`` (the GPU machine has no network).
 
 Every kernel output is checked bit for bit on the device: decode against the encoded bytes,
 the fused matmul against the same tiled kernel fed raw FP8 (``fp8_tiled_matmul``). Times are
@@ -35,8 +38,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -146,7 +151,7 @@ def bench_sweep(size, configs, repeats, interpret, estimate) -> list[dict[str, A
             )
             exact = bool(jnp.array_equal(f(*args)[: x.size], want))
             sec = _timed(lambda f=f, args=args: f(*args), repeats)
-            est = estimate("decode", size, warps=warps, steps=steps)
+            est = estimate("decode", size, warps=warps, steps=t.chunk_steps)
             rows.append(measured_row("sweep", f"{_label(size)} w={warps} S={steps}", sec, size,
                                      est, bpw=t.bits_per_weight, exact=exact))  # fmt: skip
     return rows
@@ -167,6 +172,51 @@ def no_estimate(*args, **kwargs):
     return None
 
 
+def estimate_key(kind, weights, *, warps=4, steps=1024, m=0, k=0) -> tuple:
+    """How an estimate is looked up: (kind, weights, num_warps, chunk_steps, m)."""
+    del k  # k * k == weights for the square matmuls measured here
+    return (kind, int(weights), int(warps), int(steps), int(m or 0))
+
+
+def estimate_requests(smoke: bool = False) -> list[dict[str, Any]]:
+    """Every estimate ``main`` asks for, as keyword arguments of the estimator: what
+    ``python -m bench.kernel_cost --gpu-bench`` costs ahead of a GPU run."""
+    decode_sizes = SMOKE_DECODE_SIZES if smoke else DECODE_SIZES
+    sweep = SMOKE_SWEEP if smoke else SWEEP
+    out = [
+        dict(kind="decode", weights=s, warps=4, steps=choose_chunk_steps(s, None))
+        for s in decode_sizes
+    ]
+    out += [
+        dict(kind="decode", weights=s, warps=w, steps=choose_chunk_steps(s, st))
+        for s, cfg in sweep.items()
+        for w, st in cfg
+    ]
+    out += [
+        dict(kind="matmul", weights=k * k, steps=MATMUL_TILE_ROWS, m=m, k=k)
+        for k in (SMOKE_MATMUL_SIZES if smoke else MATMUL_SIZES)
+        for m in (SMOKE_BATCHES if smoke else BATCHES)
+    ]
+    return out
+
+
+def estimates_from_json(path) -> Callable[..., float | None]:
+    """An estimator reading ``bench.kernel_cost --json`` rows (target h200), for a GPU machine
+    without pip triton: cost the configurations on a CPU host, carry the file over."""
+    rows = json.loads(Path(path).read_text())["rows"]
+    table = {
+        estimate_key(r["kernel"], r["weights"], warps=r["num_warps"], steps=r["chunk_steps"],
+                     m=r.get("m")): r.get("gbps_estimate") or None
+        for r in rows
+        if r.get("target") == "h200" and r.get("num_warps")
+    }  # fmt: skip
+
+    def estimate(kind, weights, **settings):
+        return table.get(estimate_key(kind, weights, **settings))
+
+    return estimate
+
+
 def static_estimator():
     """``estimate(kind, weights, *, warps, steps, m=0)`` -> bench.kernel_cost's H200 GB/s, or
     a function returning None when pip triton is missing (printed once)."""
@@ -182,7 +232,7 @@ def static_estimator():
     by_kind = {k.kind: k for k in kernel_cost.KERNELS if k.target == "gpu"}
 
     def estimate(kind, weights, *, warps=4, steps=1024, m=0, k=0):
-        key = (kind, weights, warps, steps, m, k)
+        key = estimate_key(kind, weights, warps=warps, steps=steps, m=m)
         if key not in cache:
             case = kernel_cost.Case(str(weights), weights, k=k, n=k, m=m, num_warps=warps,
                                     chunk_steps=steps)  # fmt: skip
@@ -275,6 +325,14 @@ def parse_args(argv):
     parser.add_argument("--calls", type=int, default=CALLS, help="calls per synchronisation")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, Pallas interpret mode")
     parser.add_argument("--no-estimate", action="store_true", help="skip bench.kernel_cost")
+    parser.add_argument(
+        "--estimates",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="static estimates from `python -m bench.kernel_cost --gpu-bench --json FILE` "
+        "(default: compute them here, which needs pip triton)",
+    )
     add_json_arg(parser)
     return parser.parse_args(argv)
 
@@ -294,7 +352,12 @@ def main(argv: Sequence[str] | None = None, estimate=None) -> list[dict[str, Any
         raise SystemExit(f"--calls must be >= 1, got {args.calls}")
     CALLS = 1 if args.smoke else args.calls
     if estimate is None:
-        estimate = no_estimate if args.no_estimate or args.smoke else static_estimator()
+        if args.estimates is not None:
+            estimate = estimates_from_json(args.estimates)
+        elif args.no_estimate or args.smoke:
+            estimate = no_estimate
+        else:
+            estimate = static_estimator()
     interpret = args.smoke or jax.default_backend() != "gpu"
     decode_sizes = SMOKE_DECODE_SIZES if args.smoke else DECODE_SIZES
     matmul_sizes = SMOKE_MATMUL_SIZES if args.smoke else MATMUL_SIZES

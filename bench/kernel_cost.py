@@ -3,6 +3,7 @@
 Run as::
 
     python -m bench.kernel_cost [--json FILE] [--quick] [--only NAME ...] [--targets h200 v5e v6e]
+    python -m bench.kernel_cost --gpu-bench --json est.json   # then: bench.gpu --estimates est.json
 
 Needs the ``kernelcost`` extra (pip ``triton`` for sm_90a SASS, pip ``libtpu`` for the real
 TPU compiler); a target whose tool is missing is skipped with a note.
@@ -451,6 +452,22 @@ def cost_row(kernel: Kernel, case: Case, target: str) -> dict[str, Any]:
     return row
 
 
+def gpu_bench_rows() -> list[dict[str, Any]]:
+    """Rows for every estimate ``bench.gpu`` prints (its ``estimate_requests``)."""
+    from bench import gpu  # noqa: PLC0415
+
+    by_kind = {k.kind: k for k in KERNELS if k.target == "gpu"}
+    rows = []
+    for req in gpu.estimate_requests():
+        k = req.get("k", 0)
+        case = Case(f"{req['weights'] >> 20}MiB" if not k else f"k=n={k}", req["weights"],
+                    k=k, n=k, m=req.get("m", 0), num_warps=req.get("warps", 4),
+                    chunk_steps=req["steps"])  # fmt: skip
+        print(f"{req}", file=sys.stderr)
+        rows.append(cost_row(by_kind[req["kind"]], case, "h200"))
+    return rows
+
+
 def tool_missing(target: str) -> str | None:
     """Why ``target`` cannot be costed here, or None."""
     if target == "h200":
@@ -467,6 +484,7 @@ GPU_COLUMNS = [
     Column("size", "size"),
     Column("m", "m"),
     Column("num_warps", "warps"),
+    Column("chunk_steps", "steps"),
     Column("sass_per_weight", "SASS/w", ".1f"),
     Column("sass_per_weight_all_levels", "all/w", ".1f"),
     Column("registers", "regs"),
@@ -516,6 +534,11 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="one small size per kernel (CI)")
     parser.add_argument("--only", nargs="*", default=None, help="kernel names to cost")
     parser.add_argument("--targets", nargs="*", default=["h200", "v5e", "v6e"])
+    parser.add_argument(
+        "--gpu-bench",
+        action="store_true",
+        help="cost exactly the H200 configurations bench.gpu measures (for bench.gpu --estimates)",
+    )
     add_json_arg(parser)
     return parser.parse_args(argv)
 
@@ -527,6 +550,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         tpu_bundles.prepare()  # before anything starts libtpu: the bundle dumps need the flag
     rows: list[dict[str, Any]] = []
     skipped = []
+    if args.gpu_bench:
+        args.targets = []
+        if (why := tool_missing("h200")) is not None:
+            skipped.append(f"h200: {why}")
+        else:
+            rows = gpu_bench_rows()
     for target in args.targets:
         if (why := tool_missing(target)) is not None:
             skipped.append(f"{target}: {why}")

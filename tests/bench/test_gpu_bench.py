@@ -88,3 +88,26 @@ def test_the_full_sweep_stays_inside_the_time_budget():
     big = [s for s in gpu.SWEEP if s >= 1 << 30]
     assert all(len({steps for _, steps in gpu.SWEEP[s]}) <= 2 for s in big)
     assert sum(len(c) for c in gpu.SWEEP.values()) <= 20
+
+
+def test_an_estimates_file_from_kernel_cost_covers_every_measured_row(tmp_path):
+    # The rows bench.kernel_cost --gpu-bench writes, one per request, as its --json has them.
+    requests = gpu.estimate_requests(smoke=True)
+    rows = [
+        {
+            "kernel": r["kind"],
+            "target": "h200",
+            "weights": r["weights"],
+            "num_warps": r.get("warps", 4),
+            "chunk_steps": r["steps"],
+            "m": r.get("m") if r["kind"] == "matmul" else None,
+            "gbps_estimate": 3.0 + i,
+        }
+        for i, r in enumerate(requests)
+    ]
+    path = tmp_path / "est.json"
+    path.write_text(json.dumps({"meta": {}, "rows": rows}))
+    measured = gpu.main(["--smoke", "--estimates", str(path)])
+    checked = [r for r in measured if r["op"] in ("decode", "matmul", "sweep")]
+    assert checked and all(r["est"] is not None for r in checked)
+    assert len({r["est"] for r in checked}) == len(checked)  # each row found its own estimate
