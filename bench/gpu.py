@@ -172,10 +172,19 @@ def no_estimate(*args, **kwargs):
     return None
 
 
+# The bench.kernel_cost kernel that estimates each measured op (update with the kernels).
+ESTIMATE_KERNELS = {
+    "decode": "ecf8_decode_v1",
+    "matmul": "ecf8_matmul_v1",
+    "twin": "fp8_tiled_matmul_v1",
+}
+
+
 def estimate_key(kind, weights, *, warps=4, steps=1024, m=0, k=0) -> tuple:
-    """How an estimate is looked up: (kind, weights, num_warps, chunk_steps, m)."""
+    """How an estimate is looked up: (kernel name, weights, num_warps, chunk_steps, m)."""
     del k  # k * k == weights for the square matmuls measured here
-    return (kind, int(weights), int(warps), int(steps), int(m or 0))
+    name = ESTIMATE_KERNELS.get(kind, kind)
+    return (name, int(weights), int(warps), int(steps), int(m or 0))
 
 
 def estimate_requests(smoke: bool = False) -> list[dict[str, Any]]:
@@ -193,9 +202,10 @@ def estimate_requests(smoke: bool = False) -> list[dict[str, Any]]:
         for w, st in cfg
     ]
     out += [
-        dict(kind="matmul", weights=k * k, steps=MATMUL_TILE_ROWS, m=m, k=k)
+        dict(kind=kind, weights=k * k, steps=MATMUL_TILE_ROWS, m=m, k=k)
         for k in (SMOKE_MATMUL_SIZES if smoke else MATMUL_SIZES)
         for m in (SMOKE_BATCHES if smoke else BATCHES)
+        for kind in ("matmul", "twin")
     ]
     return out
 
@@ -205,7 +215,7 @@ def estimates_from_json(path) -> Callable[..., float | None]:
     without pip triton: cost the configurations on a CPU host, carry the file over."""
     rows = json.loads(Path(path).read_text())["rows"]
     table = {
-        estimate_key(r["kernel"], r["weights"], warps=r["num_warps"], steps=r["chunk_steps"],
+        estimate_key(r["name"], r["weights"], warps=r["num_warps"], steps=r["chunk_steps"],
                      m=r.get("m")): r.get("gbps_estimate") or None
         for r in rows
         if r.get("target") == "h200" and r.get("num_warps")
@@ -229,14 +239,14 @@ def static_estimator():
         print(f"no static estimates: {why}", file=sys.stderr)
         return no_estimate
     cache = {}
-    by_kind = {k.kind: k for k in kernel_cost.KERNELS if k.target == "gpu"}
 
     def estimate(kind, weights, *, warps=4, steps=1024, m=0, k=0):
         key = estimate_key(kind, weights, warps=warps, steps=steps, m=m)
         if key not in cache:
             case = kernel_cost.Case(str(weights), weights, k=k, n=k, m=m, num_warps=warps,
                                     chunk_steps=steps)  # fmt: skip
-            row = kernel_cost.cost_row(by_kind[kind], case, "h200")
+            kernel = kernel_cost.kernel_named(ESTIMATE_KERNELS[kind], "gpu")
+            row = kernel_cost.cost_row(kernel, case, "h200")
             cache[key] = row.get("gbps_estimate") or None
         return cache[key]
 
@@ -314,7 +324,8 @@ def bench_matmul(k: int, batches, repeats: int, interpret: bool, estimate=no_est
         rows.append(measured_row("matmul", shape, t_fused, k * n, est,
                                  baseline=f"xla fp8 {t_plain * 1e3:.4f} ms",
                                  ratio=t_plain / t_fused, bpw=t.bits_per_weight, exact=exact))  # fmt: skip
-        rows.append(measured_row("fp8 twin", shape, t_twin, k * n, None,
+        est_twin = estimate("twin", k * n, steps=steps, m=m, k=k)
+        rows.append(measured_row("fp8 twin", shape, t_twin, k * n, est_twin,
                                  baseline="matmul", ratio=t_twin / t_fused))  # fmt: skip
     return rows
 

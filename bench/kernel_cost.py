@@ -59,6 +59,7 @@ from pallas_kernels.ecf8_decode.config import BlockSizes
 from pallas_kernels.ecf8_decode.pallas_gpu import ecf8_decode_gpu
 from pallas_kernels.ecf8_decode.pallas_tpu import ROW_WORDS, SUBLANES, ecf8_decode_tpu
 from pallas_kernels.ecf8_matmul.pallas_gpu import tiled_matmul_gpu
+from pallas_kernels.ecf8_matmul.reference import fp8_tiled_matmul
 
 LANES = 128
 SIGN_WORD_BITS = 32
@@ -240,11 +241,42 @@ def _matmul_v1_gpu(case: Case) -> Built:
     )
 
 
+def _matmul_twin_v1_gpu(case: Case) -> Built:
+    """The fused matmul's raw-FP8 twin: same tiling, tiles loaded instead of decoded."""
+    k, n, steps = case.k, case.n, case.chunk_steps
+    ecf8 = _matmul_v1_gpu(case)
+    row_blocks = math.ceil(k / steps)
+    m_blocks = ecf8.decoded // (row_blocks * steps * n)
+    w_bytes = _sds((k, n), jnp.uint8)
+
+    def fn(x, scale, w):
+        return fp8_tiled_matmul(x, scale, w, steps=steps, fp8_dtype=jnp.float8_e4m3fn,
+                                num_warps=case.num_warps)  # fmt: skip
+
+    return dataclasses.replace(
+        ecf8,
+        fn=fn,
+        args=(ecf8.args[0], ecf8.args[1], w_bytes),
+        loop_weights=(SIGN_WORD_BITS * LANES, steps * LANES),
+        hbm_bytes=ecf8.hbm_bytes - _coded_bytes(k * n) * m_blocks + k * n * m_blocks,
+    )
+
+
 KERNELS: list[Kernel] = [
     Kernel("ecf8_decode_v1", "decode", "gpu", _decode_v1_gpu, "ecf8_decode"),
     Kernel("ecf8_matmul_v1", "matmul", "gpu", _matmul_v1_gpu, "ecf8_matmul"),
+    Kernel("fp8_tiled_matmul_v1", "matmul", "gpu", _matmul_twin_v1_gpu, "fp8_tiled_matmul"),
     Kernel("ecf8_decode_v1", "decode", "tpu", _decode_v1_tpu, "ecf8_decode"),
 ]
+
+
+def kernel_named(name: str, target: str) -> Kernel:
+    """The registered kernel ``name`` for ``target`` ("gpu" or "tpu")."""
+    for k in KERNELS:
+        if k.name == name and k.target == target:
+            return k
+    raise KeyError(f"no {target} kernel named {name!r}; registered: {[k.name for k in KERNELS]}")
+
 
 MiB = 1 << 20
 DECODE_CASES = (
@@ -456,7 +488,6 @@ def gpu_bench_rows() -> list[dict[str, Any]]:
     """Rows for every estimate ``bench.gpu`` prints (its ``estimate_requests``)."""
     from bench import gpu  # noqa: PLC0415
 
-    by_kind = {k.kind: k for k in KERNELS if k.target == "gpu"}
     rows = []
     for req in gpu.estimate_requests():
         k = req.get("k", 0)
@@ -464,7 +495,7 @@ def gpu_bench_rows() -> list[dict[str, Any]]:
                     k=k, n=k, m=req.get("m", 0), num_warps=req.get("warps", 4),
                     chunk_steps=req["steps"])  # fmt: skip
         print(f"{req}", file=sys.stderr)
-        rows.append(cost_row(by_kind[req["kind"]], case, "h200"))
+        rows.append(cost_row(kernel_named(gpu.ESTIMATE_KERNELS[req["kind"]], "gpu"), case, "h200"))
     return rows
 
 

@@ -28,8 +28,8 @@ def test_gpu_bench_smoke_checks_every_kernel_bit_exactly(tmp_path, capsys):
     checked = [r for r in rows if r["op"] in ("decode", "matmul", "sweep")]
     assert all(r["exact"] == "True" for r in checked)
     assert all(0 < r["bpw"] < 8 for r in checked)
-    # every Pallas row carries its static estimate and measured / estimate
-    assert len(estimates) == len(checked)
+    # every Pallas row (the raw-FP8 twins too) carries its static estimate and measured / est
+    assert len(estimates) == len(checked) + ops.count("fp8 twin")
     for r in checked:
         assert r["est"] == 2.0 and r["meas_over_est"] == pytest.approx(r["gbps"] / 2.0)
     sweep_settings = {
@@ -95,12 +95,13 @@ def test_an_estimates_file_from_kernel_cost_covers_every_measured_row(tmp_path):
     requests = gpu.estimate_requests(smoke=True)
     rows = [
         {
-            "kernel": r["kind"],
+            "name": gpu.ESTIMATE_KERNELS[r["kind"]],
+            "kernel": "decode" if r["kind"] == "decode" else "matmul",
             "target": "h200",
             "weights": r["weights"],
             "num_warps": r.get("warps", 4),
             "chunk_steps": r["steps"],
-            "m": r.get("m") if r["kind"] == "matmul" else None,
+            "m": r.get("m"),
             "gbps_estimate": 3.0 + i,
         }
         for i, r in enumerate(requests)
@@ -108,6 +109,6 @@ def test_an_estimates_file_from_kernel_cost_covers_every_measured_row(tmp_path):
     path = tmp_path / "est.json"
     path.write_text(json.dumps({"meta": {}, "rows": rows}))
     measured = gpu.main(["--smoke", "--estimates", str(path)])
-    checked = [r for r in measured if r["op"] in ("decode", "matmul", "sweep")]
-    assert checked and all(r["est"] is not None for r in checked)
+    checked = [r for r in measured if r["op"] in ("decode", "matmul", "sweep", "fp8 twin")]
+    assert len(checked) == len(requests) and all(r["est"] is not None for r in checked)
     assert len({r["est"] for r in checked}) == len(checked)  # each row found its own estimate
