@@ -52,7 +52,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bench import tpu_bundles
+from bench import sass, tpu_bundles
 from bench.common import Column, add_json_arg, format_table, run_metadata, write_json
 from pallas_kernels import compat
 from pallas_kernels.ecf8_decode.config import BlockSizes
@@ -71,15 +71,18 @@ ASSUMPTIONS = {
     "h200": {
         "sms": 132,
         "clock_hz": 1.98e9,  # max boost; sustained clocks under load are lower
-        "issue_lanes_per_cycle_per_sm": 128,  # 4 schedulers x 1 warp instruction x 32 lanes
-        "int_lanes_per_cycle_per_sm": 64,  # cc 9.0 integer add/compare/logic/shift/IMAD
+        # 4 schedulers x 1 warp instruction x 32 lanes
+        "issue_lanes_per_cycle_per_sm": sass.ISSUE_LANES_PER_CYCLE,
+        # cc 9.0 integer add/compare/logic/shift/IMAD (other pipes: bench/sass.py PIPES)
+        "int_lanes_per_cycle_per_sm": sass.PIPES["int"][0],
         "hbm_bytes_per_s": 4.8e12,
         "bf16_flops": 989e12,  # dense tensor-core bf16
         "regs_per_sm": 65536,
         "max_warps_per_sm": 64,
         "max_programs_per_sm": 32,
         "shared_bytes_per_sm": 228 * 1024,
-        "global_load_latency_cycles": 500,  # range 300 (L2 hit) .. 800 (HBM)
+        "global_load_latency_cycles": sass.LDG_LATENCY,  # range: sass.LDG_LATENCY_RANGE
+        "table_load_latency_cycles": sass.L1_HIT_LATENCY,  # arguments <= sass.TABLE_BYTES
     },
     "v5e": {"clock_hz": 1.5e9, "hbm_bytes_per_s": 819e9, "bf16_flops": 197e12, "cores": 1},
     "v6e": {"clock_hz": 1.75e9, "hbm_bytes_per_s": 1640e9, "bf16_flops": 918e12, "cores": 1},
@@ -321,8 +324,6 @@ def _occupancy(facts, a) -> int:
 
 def gpu_estimate(built: Built, facts) -> dict[str, Any]:
     """Bounds in GB/s of output weights for one compiled GPU kernel (see module docstring)."""
-    from bench import sass  # noqa: PLC0415
-
     a = ASSUMPTIONS["h200"]
     levels = list(zip(facts.levels, built.loop_weights))
     threads = facts.threads
@@ -462,8 +463,6 @@ def cost_row(kernel: Kernel, case: Case, target: str) -> dict[str, Any]:
     }
     try:
         if target == "h200":
-            from bench import sass  # noqa: PLC0415
-
             facts = sass.gpu_facts(_lower_gpu(built), built.num_warps, built.num_stages)
             est = gpu_estimate(built, facts)
         else:
