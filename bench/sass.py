@@ -59,47 +59,18 @@ PARAM_BASE = 0x210  # sm_90 constant-bank offset of the first kernel parameter (
 # Per-SM lane throughput per cycle on sm_90 (CUDA C programming guide, arithmetic
 # instructions table for compute capability 9.0): the issue limit is 4 schedulers x 32 lanes.
 ISSUE_LANES_PER_CYCLE = 128
+# fmt: off
 PIPES = {
-    "int": (
-        64,
-        {
-            "IADD3",
-            "IADD",
-            "ISETP",
-            "SEL",
-            "LOP3",
-            "LOP",
-            "SHF",
-            "SHL",
-            "SHR",
-            "IMNMX",
-            "IABS",
-            "LEA",
-            "LEA.HI",
-            "IMAD",
-            "IMUL",
-            "PRMT",
-            "P2R",
-            "R2P",
-            "PLOP3",
-            "FSEL",
-            "VIADD",
-            "BMSK",
-            "SGXT",
-            "ICMP",
-            "VIMNMX",
-            "IDP",
-            "BFE",
-            "BFI",
-            "ISCADD",
-            "FSETP",
-            "FMNMX",
-        },
-    ),  # fmt: skip
+    "int": (64, {
+        "IADD3", "IADD", "ISETP", "SEL", "LOP3", "LOP", "SHF", "SHL", "SHR", "IMNMX", "IABS",
+        "LEA", "IMAD", "IMUL", "PRMT", "P2R", "R2P", "PLOP3", "FSEL", "VIADD", "BMSK", "SGXT",
+        "ICMP", "VIMNMX", "IDP", "BFE", "BFI", "ISCADD", "FSETP", "FMNMX",
+    }),
     "fp32": (128, {"FFMA", "FADD", "FMUL", "HFMA2", "HADD2", "HMUL2"}),
     "lsu": (32, {"LDG", "STG", "LDS", "STS", "LD", "ST", "ATOM", "ATOMS", "RED", "LDSM", "SHFL"}),
     "xu": (16, {"MUFU", "I2F", "F2I", "F2F", "I2I", "POPC", "FLO", "BREV", "F2FP"}),
 }
+# fmt: on
 
 
 def tool(name: str) -> Path:
@@ -355,7 +326,11 @@ class SassFacts:
       shared_bytes: static + Triton-managed shared memory per program.
       levels: per loop level, innermost first: (exclusive instructions, exclusive simulated
         single-warp cycles, Counter of opcode families).
+      level_cycles_range: per level, the simulated cycles with global loads at the ends of
+        ``LDG_LATENCY_RANGE``.
       loop_count: backward branches found.
+      table_loads: global loads charged as L1 hits (from arguments <= ``TABLE_BYTES``).
+      sass: the ``cuobjdump -sass`` listing.
     """
 
     num_warps: int
