@@ -13,6 +13,7 @@ the first ``get_topology_desc`` of the process.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib.util
 import os
@@ -37,6 +38,7 @@ def prepare() -> Path:
     global _DUMP_DIR
     if _DUMP_DIR is None:
         _DUMP_DIR = Path(tempfile.mkdtemp(prefix="kernel-cost-tpu-"))
+        atexit.register(shutil.rmtree, _DUMP_DIR, ignore_errors=True)  # ~30 MB per compile
         flag = f"--xla_jf_dump_to={_DUMP_DIR}"
         os.environ["LIBTPU_INIT_ARGS"] = f"{os.environ.get('LIBTPU_INIT_ARGS', '')} {flag}".strip()
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
