@@ -362,6 +362,9 @@ def gpu_estimate(built: Built, facts) -> dict[str, Any]:
         "sass_per_weight": inner_n * threads / w0 if facts.levels else None,
         "sass_per_weight_all_levels": per_weight,
         "sass_classes": " ".join(f"{k}:{v * threads / w0:.0f}" for k, v in top),
+        "sass_per_weight_by_class": {
+            k: v * threads / w0 for k, v in sorted(inner_classes.items(), key=lambda kv: -kv[1])
+        },
         "step_cycles": inner_cycles,
         "registers": facts.registers,
         "spill_bytes": facts.spill_bytes,

@@ -64,8 +64,9 @@ PIPES = {
     "int": (64, {
         "IADD3", "IADD", "ISETP", "SEL", "LOP3", "LOP", "SHF", "SHL", "SHR", "IMNMX", "IABS",
         "LEA", "IMAD", "IMUL", "PRMT", "P2R", "R2P", "PLOP3", "FSEL", "VIADD", "BMSK", "SGXT",
-        "ICMP", "VIMNMX", "IDP", "BFE", "BFI", "ISCADD", "FSETP", "FMNMX",
-    }),
+        "ICMP", "VIMNMX", "VIADDMNMX", "IDP", "BFE", "BFI", "ISCADD", "FSETP", "FMNMX", "MOV",
+        "CS2R",
+    }),  # not counted in any pipe: uniform-datapath (U*) ops, BRA, BAR, REDUX, HMMA
     "fp32": (128, {"FFMA", "FADD", "FMUL", "HFMA2", "HADD2", "HMUL2"}),
     "lsu": (32, {"LDG", "STG", "LDS", "STS", "LD", "ST", "ATOM", "ATOMS", "RED", "LDSM", "SHFL"}),
     "xu": (16, {"MUFU", "I2F", "F2I", "F2F", "I2I", "POPC", "FLO", "BREV", "F2FP"}),
