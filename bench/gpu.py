@@ -2,9 +2,12 @@
 
 Run as::
 
-    python -m bench.gpu [--json FILE] [--repeats N] [--smoke]
+    python -m bench.gpu [--json FILE] [--repeats N] [--calls N] [--smoke]
+                        [--estimates FILE | --no-estimate]
 
-One script, sized to finish in under 8 minutes on one H200. Rows:
+One script, sized to finish in under 8 minutes on one H200 (budget: encoding the 1 GiB tensor
+twice on the host ~2 x 40 s, device time ~1 min, static estimates ~2 s per configuration with
+pip triton, ~1 min in all). Rows:
 
 - ``copy``: device-to-device copy of the same bytes (the bandwidth ceiling);
 - ``fp8->bf16``: XLA's cast of raw FP8 weights to bf16 (what a plain FP8 model does per layer);
@@ -13,6 +16,17 @@ One script, sized to finish in under 8 minutes on one H200. Rows:
 - ``matmul``: ``ecf8_jax.matmul`` (fused decode + dot) against XLA's dot on raw FP8 weights cast
   to bf16 (the unfused plain-FP8 path), m = 1, 8, 64, 512, k = n = 4096 and 8192; ``ratio`` is
   plain-FP8 time / fused time (>= 1: the fused kernel is at least as fast).
+
+- ``sweep``: the Triton decode alone at ``num_warps`` x ``chunk_steps`` (``SWEEP``), at 16 MiB
+  and 1 GiB;
+- ``fp8 twin``: the fused matmul's raw-FP8 twin (same kernel, tiles loaded instead of decoded).
+
+Each call is timed as the mean of ``--calls`` back-to-back calls between two synchronisations,
+so dispatch overhead is excluded; the table reports the median over ``--repeats`` of those.
+Beside every Pallas row, ``est`` is ``bench.kernel_cost``'s static GB/s for the same kernel,
+size and launch settings, and ``meas/est`` calibrates it. The estimates are computed here when
+pip triton is installed, or read from ``--estimates FILE`` written on any CPU host by
+``python -m bench.kernel_cost --gpu-bench --json FILE`` (the GPU machine has no network).
 
 Every kernel output is checked bit for bit on the device: decode against the encoded bytes,
 the fused matmul against the same tiled kernel fed raw FP8 (``fp8_tiled_matmul``). Times are
@@ -23,8 +37,11 @@ mode on any backend (CPU included), so the script stays tested without a GPU.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -34,6 +51,10 @@ import numpy as np
 
 import ecf8_jax
 from bench.common import Column, add_json_arg, format_table, median_time, run_metadata, write_json
+from ecf8_jax.format.codebook import canonical_tables
+from ecf8_jax.format.encoder import choose_chunk_steps
+from pallas_kernels.ecf8_decode.config import BlockSizes
+from pallas_kernels.ecf8_decode.pallas_gpu import ecf8_decode_gpu
 from pallas_kernels.ecf8_matmul.reference import fp8_tiled_matmul
 
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
@@ -44,12 +65,21 @@ SMOKE_DECODE_SIZES = (1 << 14,)
 SMOKE_MATMUL_SIZES = (256,)
 SMOKE_BATCHES = (1, 3)
 MATMUL_TILE_ROWS = 256  # tiles of 256 x 128: k = 4096 gives 16 row blocks to split over
+SWEEP_SIZES = (16 << 20, 1 << 30)
+# (num_warps, chunk_steps) per sweep size: the full grid at 16 MiB, fewer re-encodes at 1 GiB.
+SWEEP = {
+    16 << 20: [(w, s) for s in (256, 1024, 4096) for w in (1, 2, 4, 8)],
+    1 << 30: [(w, 1024) for w in (2, 4, 8)] + [(4, 4096)],
+}
+SMOKE_SWEEP = {1 << 14: [(4, 32), (2, 64)]}
 
 COLUMNS = [
     Column("op", "op"),
     Column("shape", "shape"),
     Column("ms", "ms", ".4f"),
     Column("gbps", "GB/s", ".1f"),
+    Column("est", "est GB/s", ".1f"),
+    Column("meas_over_est", "meas/est", ".2f"),
     Column("baseline", "vs"),
     Column("ratio", "ratio", ".3f"),
     Column("bpw", "bits/w", ".3f"),
@@ -66,13 +96,166 @@ def gaussian_fp8(n: int, seed: int = 0) -> np.ndarray:
     return np.resize(q.view(np.uint8), n).view(E4M3)
 
 
+CALLS = 20  # back-to-back calls per synchronisation (set by --calls)
+
+
+@functools.lru_cache(maxsize=2)
+def _gaussian_cached(size):
+    return gaussian_fp8(size)
+
+
+@functools.lru_cache(maxsize=2)
+def _encoded_steps(size, steps):
+    return ecf8_jax.encode(_gaussian_cached(size), chunk_steps=steps)
+
+
+def _encoded(size, steps):
+    """Host encodes dominate the run time at 1 GiB: the decode row and the sweep share them."""
+    return _encoded_steps(size, choose_chunk_steps(size, steps))
+
+
 def _timed(fn, repeats):
-    return median_time(lambda: jax.block_until_ready(fn()), repeats)
+    """Median over ``repeats`` of the mean time of ``CALLS`` calls issued without waiting."""
+    calls = CALLS
+
+    def burst():
+        out = None
+        for _ in range(calls):
+            out = fn()
+        jax.block_until_ready(out)
+
+    return median_time(burst, repeats) / calls
 
 
-def bench_decode(size: int, repeats: int, interpret: bool) -> list[dict[str, Any]]:
-    x = gaussian_fp8(size)
-    t = ecf8_jax.encode(x)
+def _label(size):
+    return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size} B"
+
+
+def _raw_args(t):
+    limits, deltas, symbols = canonical_tables(t.code_lengths, np)
+    return (t.stream, t.chunk_offsets, t.signs, limits, deltas, symbols)
+
+
+def bench_sweep(size, configs, repeats, interpret, estimate) -> list[dict[str, Any]]:
+    """The Triton decode at each ``(num_warps, chunk_steps)``, bit-checked, with its estimate."""
+    x = _gaussian_cached(size)
+    want = jax.device_put(x.view(np.uint8))
+    rows = []
+    for steps in sorted({s for _, s in configs}):
+        t = _encoded(size, steps)
+        args = jax.device_put(_raw_args(t))
+        for warps in sorted(w for w, s in configs if s == steps):
+            sizes = BlockSizes(num_warps=warps)
+            f = jax.jit(
+                lambda *a, sizes=sizes: ecf8_decode_gpu(*a, block_sizes=sizes, interpret=interpret)
+            )
+            exact = bool(jnp.array_equal(f(*args)[: x.size], want))
+            sec = _timed(lambda f=f, args=args: f(*args), repeats)
+            est = estimate("decode", size, warps=warps, steps=t.chunk_steps)
+            rows.append(measured_row("sweep", f"{_label(size)} w={warps} S={steps}", sec, size,
+                                     est, bpw=t.bits_per_weight, exact=exact))  # fmt: skip
+    return rows
+
+
+def measured_row(op, shape, seconds, weights, est, **extra) -> dict[str, Any]:
+    """A table row: time, GB/s of FP8 weights, the static estimate and measured / estimate."""
+    gbps = weights / 1e9 / seconds
+    row = {"op": op, "shape": shape, "ms": seconds * 1e3, "gbps": gbps, "est": est}
+    row["meas_over_est"] = gbps / est if est else None
+    if "exact" in extra:
+        extra["exact"] = str(extra["exact"])
+    row.update(extra)
+    return row
+
+
+def no_estimate(*args, **kwargs):
+    return None
+
+
+# The bench.kernel_cost kernel that estimates each measured op (update with the kernels).
+ESTIMATE_KERNELS = {
+    "decode": "ecf8_decode_v1",
+    "matmul": "ecf8_matmul_v1",
+    "twin": "fp8_tiled_matmul_v1",
+}
+
+
+def estimate_key(kind, weights, *, warps=4, steps=1024, m=0, k=0) -> tuple:
+    """How an estimate is looked up: (kernel name, weights, num_warps, chunk_steps, m)."""
+    del k  # k * k == weights for the square matmuls measured here
+    name = ESTIMATE_KERNELS.get(kind, kind)
+    return (name, int(weights), int(warps), int(steps), int(m or 0))
+
+
+def estimate_requests(smoke: bool = False) -> list[dict[str, Any]]:
+    """Every estimate ``main`` asks for, as keyword arguments of the estimator: what
+    ``python -m bench.kernel_cost --gpu-bench`` costs ahead of a GPU run."""
+    decode_sizes = SMOKE_DECODE_SIZES if smoke else DECODE_SIZES
+    sweep = SMOKE_SWEEP if smoke else SWEEP
+    out = [
+        dict(kind="decode", weights=s, warps=4, steps=choose_chunk_steps(s, None))
+        for s in decode_sizes
+    ]
+    out += [
+        dict(kind="decode", weights=s, warps=w, steps=choose_chunk_steps(s, st))
+        for s, cfg in sweep.items()
+        for w, st in cfg
+    ]
+    out += [
+        dict(kind=kind, weights=k * k, steps=MATMUL_TILE_ROWS, m=m, k=k)
+        for k in (SMOKE_MATMUL_SIZES if smoke else MATMUL_SIZES)
+        for m in (SMOKE_BATCHES if smoke else BATCHES)
+        for kind in ("matmul", "twin")
+    ]
+    return out
+
+
+def estimates_from_json(path) -> Callable[..., float | None]:
+    """An estimator reading ``bench.kernel_cost --json`` rows (target h200), for a GPU machine
+    without pip triton: cost the configurations on a CPU host, carry the file over."""
+    rows = json.loads(Path(path).read_text())["rows"]
+    table = {
+        estimate_key(r["name"], r["weights"], warps=r["num_warps"], steps=r["chunk_steps"],
+                     m=r.get("m")): r.get("gbps_estimate") or None
+        for r in rows
+        if r.get("target") == "h200" and r.get("num_warps")
+    }  # fmt: skip
+
+    def estimate(kind, weights, **settings):
+        return table.get(estimate_key(kind, weights, **settings))
+
+    return estimate
+
+
+def static_estimator():
+    """``estimate(kind, weights, *, warps, steps, m=0)`` -> bench.kernel_cost's H200 GB/s, or
+    a function returning None when pip triton is missing (printed once)."""
+    try:
+        from bench import kernel_cost  # noqa: PLC0415
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        print(f"no static estimates: {e}", file=sys.stderr)
+        return no_estimate
+    if (why := kernel_cost.tool_missing("h200")) is not None:
+        print(f"no static estimates: {why}", file=sys.stderr)
+        return no_estimate
+    cache = {}
+
+    def estimate(kind, weights, *, warps=4, steps=1024, m=0, k=0):
+        key = estimate_key(kind, weights, warps=warps, steps=steps, m=m)
+        if key not in cache:
+            case = kernel_cost.Case(str(weights), weights, k=k, n=k, m=m, num_warps=warps,
+                                    chunk_steps=steps)  # fmt: skip
+            kernel = kernel_cost.kernel_named(ESTIMATE_KERNELS[kind], "gpu")
+            row = kernel_cost.cost_row(kernel, case, "h200")
+            cache[key] = row.get("gbps_estimate") or None
+        return cache[key]
+
+    return estimate
+
+
+def bench_decode(size: int, repeats: int, interpret: bool, estimate=no_estimate):
+    x = _gaussian_cached(size)
+    t = _encoded(size, None)
     dev = jax.device_put(t)
     raw = jax.device_put(x)
     decode = jax.jit(lambda t: ecf8_jax.decode(t, implementation="pallas_gpu", interpret=interpret))
@@ -83,24 +266,26 @@ def bench_decode(size: int, repeats: int, interpret: bool) -> list[dict[str, Any
     t_copy = _timed(lambda: copy(raw), repeats)
     t_cast = _timed(lambda: cast(raw), repeats)
     t_dec = _timed(lambda: decode(dev), repeats)
-    label = f"{size >> 20} MiB" if size >= 1 << 20 else f"{size} B"
+    label = _label(size)
+    est = estimate("decode", size, warps=4, steps=t.chunk_steps)
     return [
         {"op": "copy", "shape": label, "ms": t_copy * 1e3, "gbps": 2 * gb / t_copy},
         {"op": "fp8->bf16", "shape": label, "ms": t_cast * 1e3, "gbps": 3 * gb / t_cast},
-        {
-            "op": "decode",
-            "shape": label,
-            "ms": t_dec * 1e3,
-            "gbps": gb / t_dec,
-            "baseline": "fp8->bf16",
-            "ratio": t_dec / t_cast,
-            "bpw": t.bits_per_weight,
-            "exact": str(exact),
-        },
+        measured_row(
+            "decode",
+            label,
+            t_dec,
+            size,
+            est,
+            baseline="fp8->bf16",
+            ratio=t_dec / t_cast,
+            bpw=t.bits_per_weight,
+            exact=exact,
+        ),  # fmt: skip
     ]
 
 
-def bench_matmul(k: int, batches, repeats: int, interpret: bool) -> list[dict[str, Any]]:
+def bench_matmul(k: int, batches, repeats: int, interpret: bool, estimate=no_estimate):
     n = k
     w = gaussian_fp8(k * n, seed=1).reshape(k, n)
     t = jax.device_put(ecf8_jax.encode(w, layout="tiles", chunk_steps=MATMUL_TILE_ROWS))
@@ -133,30 +318,37 @@ def bench_matmul(k: int, batches, repeats: int, interpret: bool) -> list[dict[st
         )
         t_plain = _timed(lambda x=x: plain(x, w_bytes), repeats)
         t_fused = _timed(lambda x=x: fused(x, t), repeats)
-        rows.append(
-            {
-                "op": "matmul",
-                "shape": f"m={m} k=n={k}",
-                "ms": t_fused * 1e3,
-                "gbps": k * n / 1e9 / t_fused,
-                "baseline": f"xla fp8 {t_plain * 1e3:.4f} ms",
-                "ratio": t_plain / t_fused,
-                "bpw": t.bits_per_weight,
-                "exact": str(exact),
-            }
-        )
+        t_twin = _timed(lambda x=x: tiled(x, w_bytes), repeats)
+        shape = f"m={m} k=n={k}"
+        est = estimate("matmul", k * n, steps=steps, m=m, k=k)
+        rows.append(measured_row("matmul", shape, t_fused, k * n, est,
+                                 baseline=f"xla fp8 {t_plain * 1e3:.4f} ms",
+                                 ratio=t_plain / t_fused, bpw=t.bits_per_weight, exact=exact))  # fmt: skip
+        est_twin = estimate("twin", k * n, steps=steps, m=m, k=k)
+        rows.append(measured_row("fp8 twin", shape, t_twin, k * n, est_twin,
+                                 baseline="matmul", ratio=t_twin / t_fused))  # fmt: skip
     return rows
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=CALLS, help="calls per synchronisation")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, Pallas interpret mode")
+    parser.add_argument("--no-estimate", action="store_true", help="skip bench.kernel_cost")
+    parser.add_argument(
+        "--estimates",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="static estimates from `python -m bench.kernel_cost --gpu-bench --json FILE` "
+        "(default: compute them here, which needs pip triton)",
+    )
     add_json_arg(parser)
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def main(argv: Sequence[str] | None = None, estimate=None) -> list[dict[str, Any]]:
     """Runs the benchmark, prints its table and optionally writes ``--json``.
 
     Returns:
@@ -165,7 +357,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     Raises:
       SystemExit: a kernel's output was not bit-identical to its reference.
     """
+    global CALLS
     args = parse_args(argv)
+    if args.calls < 1:
+        raise SystemExit(f"--calls must be >= 1, got {args.calls}")
+    CALLS = 1 if args.smoke else args.calls
+    if estimate is None:
+        if args.estimates is not None:
+            estimate = estimates_from_json(args.estimates)
+        elif args.no_estimate or args.smoke:
+            estimate = no_estimate
+        else:
+            estimate = static_estimator()
     interpret = args.smoke or jax.default_backend() != "gpu"
     decode_sizes = SMOKE_DECODE_SIZES if args.smoke else DECODE_SIZES
     matmul_sizes = SMOKE_MATMUL_SIZES if args.smoke else MATMUL_SIZES
@@ -176,9 +379,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     # One failing section (a kernel Triton rejects, an out-of-memory) must not cost the rest of
     # a scarce GPU run: it becomes a row naming the error, and the exit status says so.
-    sections = [(f"decode {s}", bench_decode, (s, repeats, interpret)) for s in decode_sizes]
+    sweep = SMOKE_SWEEP if args.smoke else SWEEP
+    sections = [
+        (f"decode {s}", bench_decode, (s, repeats, interpret, estimate)) for s in decode_sizes
+    ]
     sections += [
-        (f"matmul k=n={k}", bench_matmul, (k, batches, repeats, interpret)) for k in matmul_sizes
+        (f"matmul k=n={k}", bench_matmul, (k, batches, repeats, interpret, estimate))
+        for k in matmul_sizes
+    ]
+    sections += [
+        (f"sweep {s}", bench_sweep, (s, cfg, repeats, interpret, estimate))
+        for s, cfg in sorted(sweep.items(), reverse=True)  # 1 GiB first: its encode is cached
     ]
     for label, fn, fn_args in sections:
         print(f"{label} ...", file=sys.stderr, flush=True)
@@ -189,7 +400,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 {"op": label.split()[0], "shape": label, "exact": f"ERROR {type(e).__name__}"}
             )
             print(f"{label}: {type(e).__name__}: {e}", file=sys.stderr)
-    print(f"{device}: times are medians of {repeats}; GB/s of FP8 weights (copy: read+write).")
+    print(
+        f"{device}: times are medians of {repeats} bursts of {CALLS} calls; GB/s of FP8 "
+        "weights (copy: read+write); est = bench.kernel_cost's static H200 estimate"
+    )
     print(format_table(rows, COLUMNS))
     if args.json is not None:
         write_json(args.json, rows, meta=run_metadata(device=device, smoke=args.smoke))
