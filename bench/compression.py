@@ -286,6 +286,8 @@ def bench_ecf8(
     raw = corpus.n_weights  # bytes of FP8
     encoded = [ecf8_jax.encode(q, chunk_steps=chunk_steps) for q in qs]
     nbytes = sum(int(t.nbytes) for t in encoded)
+    # Format version 1 beside the default (version 2), size only: what the change cost.
+    v1_bytes = sum(int(ecf8_jax.encode(q, chunk_steps=chunk_steps, version=1).nbytes) for q in qs)
 
     cpu = jax.devices("cpu")[0]
     decode = jax.jit(ecf8_jax.decode)
@@ -308,6 +310,7 @@ def bench_ecf8(
     )
     return {
         "ecf8_bpw": _bpw(nbytes, corpus.n_weights),
+        "ecf8_v1_bpw": _bpw(v1_bytes, corpus.n_weights),
         "ecf8_encode_mbps": throughput_mbps(raw, enc_s),
         "ecf8_decode_mbps": throughput_mbps(raw, dec_s),
     }, {"ecf8_breakdown_bpw": breakdown}
@@ -376,6 +379,7 @@ SIZE_COLUMNS = [
     Column("corpus", "corpus"),
     Column("n_weights", "weights", ","),
     Column("ecf8_bpw", "ECF8", ".3f"),
+    Column("ecf8_v1_bpw", "ECF8 v1", ".3f"),
     Column("zstd_bpw", "zstd-3", ".3f"),
     Column("zipnn_bpw", "zipnn", ".3f"),
     Column("ecf8_vs_zstd", "ECF8/zstd", ".3f"),

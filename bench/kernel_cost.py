@@ -60,6 +60,9 @@ from pallas_kernels.ecf8_decode.pallas_gpu import ecf8_decode_gpu
 from pallas_kernels.ecf8_decode.pallas_tpu import ROW_WORDS, SUBLANES, ecf8_decode_tpu
 from pallas_kernels.ecf8_matmul.pallas_gpu import tiled_matmul_gpu
 from pallas_kernels.ecf8_matmul.reference import fp8_tiled_matmul
+from pallas_kernels.grouped_decode import config as grouped_config
+from pallas_kernels.grouped_decode.pallas_gpu import grouped_decode_gpu
+from pallas_kernels.grouped_decode.pallas_tpu import grouped_decode_tpu
 
 LANES = 128
 SIGN_WORD_BITS = 32
@@ -265,7 +268,66 @@ def _matmul_twin_v1_gpu(case: Case) -> Built:
     )
 
 
+V2_CODED_BITS_PER_WEIGHT = 6.71  # v2 on MiniLM per-row FP8 (BENCHMARKS.md), nibbles included
+V2_NIBBLE_BITS = 4
+V2_LUT_BYTES = 256 * 4
+
+
+def _grouped_arrays(chunks: int, steps: int, weights: int):
+    """Abstract version-2 arrays: stream, offsets, raw nibbles, tables, thresholds."""
+    code_bits = V2_CODED_BITS_PER_WEIGHT - V2_NIBBLE_BITS
+    return (
+        _sds((max(1, math.ceil(weights * code_bits / 32)),), jnp.uint32),
+        _sds((chunks + 1,), jnp.uint32),
+        _sds((chunks, steps // 8, LANES), jnp.uint32),
+        _sds((chunks, 256), jnp.int32),
+        _sds((chunks,), jnp.int32),
+    )
+
+
+def _decode_v2_gpu(case: Case) -> Built:
+    steps = case.chunk_steps
+    chunks = math.ceil(case.weights / (steps * LANES))
+    sizes = grouped_config.BlockSizes(num_warps=case.num_warps)
+    coded = case.weights * V2_CODED_BITS_PER_WEIGHT / 8 + chunks * V2_LUT_BYTES
+    return Built(
+        fn=lambda *a: grouped_decode_gpu(*a, block_sizes=sizes),
+        args=_grouped_arrays(chunks, steps, case.weights),
+        weights=case.weights,
+        decoded=chunks * steps * LANES,
+        programs=chunks,
+        loop_weights=(2 * 4 * LANES,),  # one iteration: two groups of 4 steps x 128 lanes
+        hbm_bytes=coded + case.weights,
+        num_warps=case.num_warps,
+    )
+
+
+def _decode_v2_tpu(case: Case) -> Built:
+    steps = case.chunk_steps
+    chunks = math.ceil(case.weights / (steps * LANES))
+    block = grouped_config.BlockSizes().chunks_per_program
+    programs = math.ceil(chunks / block)
+    coded = case.weights * V2_CODED_BITS_PER_WEIGHT / 8
+    return Built(
+        fn=grouped_decode_tpu,
+        args=_grouped_arrays(chunks, steps, case.weights),
+        weights=case.weights,
+        decoded=programs * block * steps * LANES,
+        programs=programs,
+        loop_weights=(block * 2 * 4 * LANES, block * steps * LANES),
+        # the wrapper pads the code stream into rows (one extra read + write) before the kernel
+        hbm_bytes=coded
+        + 2 * coded * (V2_CODED_BITS_PER_WEIGHT - V2_NIBBLE_BITS) / V2_CODED_BITS_PER_WEIGHT
+        + chunks * V2_LUT_BYTES
+        + case.weights,
+    )
+
+
+V2_CHUNK_STEPS = 2048  # the version-2 encoder's default (ecf8_jax/format/grouped.py)
+
 KERNELS: list[Kernel] = [
+    Kernel("ecf8_decode_v2", "decode", "gpu", _decode_v2_gpu, "ecf8_grouped_decode"),
+    Kernel("ecf8_decode_v2", "decode", "tpu", _decode_v2_tpu, "ecf8_grouped_decode"),
     Kernel("ecf8_decode_v1", "decode", "gpu", _decode_v1_gpu, "ecf8_decode"),
     Kernel("ecf8_matmul_v1", "matmul", "gpu", _matmul_v1_gpu, "ecf8_matmul"),
     Kernel("fp8_tiled_matmul_v1", "matmul", "gpu", _matmul_twin_v1_gpu, "fp8_tiled_matmul"),
@@ -304,10 +366,20 @@ QUICK_CASES = {  # the CI smoke: small, but the same code paths
 def cases_for(kernel: Kernel, quick: bool) -> Sequence[Case]:
     """The sizes a kernel is costed at (``quick``: one small size)."""
     if quick:
-        return QUICK_CASES[kernel.kind]
-    if kernel.kind == "matmul":
-        return MATMUL_CASES
-    return DECODE_CASES + (GPU_WARP_SWEEP if kernel.target == "gpu" else ())
+        cases = QUICK_CASES[kernel.kind]
+    elif kernel.kind == "matmul":
+        cases = MATMUL_CASES
+    else:
+        cases = DECODE_CASES + (GPU_WARP_SWEEP if kernel.target == "gpu" else ())
+    if kernel.name.endswith("_v2"):  # version 2's defaults: 2048 steps, one warp (4 swept)
+        swap = {1: 4, 4: 1}
+        cases = tuple(
+            dataclasses.replace(
+                c, chunk_steps=V2_CHUNK_STEPS, num_warps=swap.get(c.num_warps, c.num_warps)
+            )
+            for c in cases
+        )
+    return cases
 
 
 # --- GPU ------------------------------------------------------------------------------------
@@ -556,7 +628,7 @@ def assumptions_text() -> str:
     for target, values in ASSUMPTIONS.items():
         lines.append(f"  {target}: " + ", ".join(f"{k}={v:g}" for k, v in values.items()))
     lines.append(
-        f"  coded size {CODED_BITS_PER_WEIGHT} bits/weight (v1, MiniLM); GB/s are of FP8 "
+        f"  coded size {CODED_BITS_PER_WEIGHT} (v1) / {V2_CODED_BITS_PER_WEIGHT} (v2) bits/weight (MiniLM); GB/s are of FP8 "
         "weights; plain = FP8 copy (decode) or XLA dot on FP8 weights (matmul) at the roofline"
     )
     return "\n".join(lines)

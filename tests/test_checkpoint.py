@@ -141,7 +141,7 @@ def test_user_metadata_and_format_fields_are_stored(saved):
     assert meta["user"] == {"note": "x"}
     w = next(i for i in meta["items"] if i["path"] == ["layer0", "w"])
     assert w["ecf8"] == {
-        "version": 1,
+        "version": ecf8_jax.FORMAT_VERSION,
         "shape": [300, 257],
         "dtype": "float8_e4m3fn",
         "chunk_steps": w["ecf8"]["chunk_steps"],
