@@ -63,6 +63,7 @@ from pallas_kernels.ecf8_matmul.reference import fp8_tiled_matmul
 from pallas_kernels.grouped_decode import config as grouped_config
 from pallas_kernels.grouped_decode.pallas_gpu import grouped_decode_gpu
 from pallas_kernels.grouped_decode.pallas_tpu import grouped_decode_tpu
+from pallas_kernels.grouped_matmul.pallas_gpu import GROUP_WEIGHTS, fp8_rows_gemv, grouped_gemv_gpu
 
 LANES = 128
 SIGN_WORD_BITS = 32
@@ -323,11 +324,52 @@ def _decode_v2_tpu(case: Case) -> Built:
     )
 
 
+def _gemv_v2_gpu(case: Case) -> Built:
+    """Fused version-2 decode + GEMV: one program per chunk of whole [n, k] rows."""
+    k, n, m, steps = case.k, case.n, case.m, case.chunk_steps
+    chunks = math.ceil(n * k / (steps * LANES))
+    x, scale = _sds((m, k), jnp.float32), _sds((n,), jnp.float32)
+
+    def fn(x, *a):
+        return grouped_gemv_gpu(x, *a[:-1], a[-1], n=n, num_warps=case.num_warps)
+
+    coded = n * k * V2_CODED_BITS_PER_WEIGHT / 8 + chunks * V2_LUT_BYTES
+    return Built(
+        fn=fn,
+        args=(x, *_grouped_arrays(chunks, steps, n * k), scale),
+        weights=n * k,
+        decoded=n * k,
+        programs=chunks,
+        loop_weights=(GROUP_WEIGHTS, k),
+        hbm_bytes=coded + m * k * 4 + m * n * 4,
+        flops=2 * m * n * k,
+        num_warps=case.num_warps,
+    )
+
+
+def _gemv_twin_v2_gpu(case: Case) -> Built:
+    """The fused GEMV's raw-FP8 twin: the same kernel loading the FP8 words."""
+    k, n, m, steps = case.k, case.n, case.m, case.chunk_steps
+    fused = _gemv_v2_gpu(case)
+
+    def fn(x, w, scale):
+        return fp8_rows_gemv(x, w, scale, chunk_steps=steps, num_warps=case.num_warps)
+
+    return dataclasses.replace(
+        fused,
+        fn=fn,
+        args=(fused.args[0], _sds((n, k), jnp.float8_e4m3fn), fused.args[-1]),
+        hbm_bytes=n * k + m * k * 4 + m * n * 4,
+    )
+
+
 V2_CHUNK_STEPS = 2048  # the version-2 encoder's default (ecf8_jax/format/grouped.py)
 
 KERNELS: list[Kernel] = [
     Kernel("ecf8_decode_v2", "decode", "gpu", _decode_v2_gpu, "ecf8_grouped_decode"),
     Kernel("ecf8_decode_v2", "decode", "tpu", _decode_v2_tpu, "ecf8_grouped_decode"),
+    Kernel("ecf8_gemv_v2", "matmul", "gpu", _gemv_v2_gpu, "ecf8_grouped_gemv"),
+    Kernel("fp8_rows_gemv_v2", "matmul", "gpu", _gemv_twin_v2_gpu, "fp8_rows_gemv"),
     Kernel("ecf8_decode_v1", "decode", "gpu", _decode_v1_gpu, "ecf8_decode"),
     Kernel("ecf8_matmul_v1", "matmul", "gpu", _matmul_v1_gpu, "ecf8_matmul"),
     Kernel("fp8_tiled_matmul_v1", "matmul", "gpu", _matmul_twin_v1_gpu, "fp8_tiled_matmul"),
@@ -371,6 +413,8 @@ def cases_for(kernel: Kernel, quick: bool) -> Sequence[Case]:
         cases = MATMUL_CASES
     else:
         cases = DECODE_CASES + (GPU_WARP_SWEEP if kernel.target == "gpu" else ())
+    if "gemv" in kernel.name:  # the GEMV takes m <= 8
+        cases = tuple(c for c in cases if c.m <= 8)
     if kernel.name.endswith("_v2"):  # version 2's defaults: 2048 steps, one warp (4 swept)
         swap = {1: 4, 4: 1}
         cases = tuple(

@@ -26,6 +26,12 @@ def _set(node, key, value) -> None:
         setattr(node, key, value)
 
 
+EMBED_CHUNK_STEPS = 1024
+"""Chunk steps of compressed embedding tables when none is asked for: a row lookup decodes the
+whole chunks holding the row, so half the format-2 default (2048) halves the bytes a prompt's
+lookup decodes, for ~0.02 bits/weight more on the table."""
+
+
 def _encode(w, chunk_steps: int | None, pad: bool):
     t = encode(np.asarray(w), chunk_steps=chunk_steps)
     return pad_stream(t) if pad else t
@@ -42,7 +48,8 @@ def compress_layer(
 
     Args:
       layer: an :class:`Fp8Linear` or :class:`Fp8Embed`.
-      chunk_steps: encoder option (default: the format's default).
+      chunk_steps: encoder option (default: the format's default; ``EMBED_CHUNK_STEPS`` for
+        embedding tables).
       pad: zero-pad each stream with :func:`ecf8_jax.pad_stream` (fewer distinct shapes, so
         fewer compilations across models; costs memory).
       implementation: decode backend stored on the new layer.
@@ -59,7 +66,7 @@ def compress_layer(
         )
     if isinstance(layer, Fp8Embed):
         return Ecf8Embed(
-            _encode(layer.table[...], chunk_steps, pad),
+            _encode(layer.table[...], chunk_steps or EMBED_CHUNK_STEPS, pad),
             layer.scale[...],
             dtype=layer.dtype,
             implementation=implementation,
