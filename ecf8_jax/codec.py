@@ -18,6 +18,7 @@ from pallas_kernels.ecf8_matmul import api as matmul_api
 from pallas_kernels.ecf8_matmul.reference import tiles_to_matrix
 from pallas_kernels.grouped_decode import api as grouped_api
 from pallas_kernels.grouped_decode.reference import words_to_bytes
+from pallas_kernels.grouped_matmul import pallas_gpu as gemv_kernels
 
 
 def decode(
@@ -157,6 +158,53 @@ def matmul(
         x, scale, w.chunk_offsets, w.stream, w.signs, limits, deltas, symbols,
         k=k, n=n, fp8_dtype=DTYPES[w.dtype], implementation=implementation, interpret=interpret,
     )  # fmt: skip
+
+
+def gemv_applies(shape: tuple[int, ...], m: int) -> bool:
+    """Whether layers multiply ``m`` activation rows by an [out, in] weight of ``shape`` with the
+    row GEMV on CUDA (``in`` a multiple of 512 that some chunk size holds whole rows of, m <= 8).
+    A rule on shapes only, so a raw-FP8 layer and its compressed twin always agree."""
+    if len(shape) != 2:
+        return False
+    steps = grouped.row_chunk_steps(shape[1])
+    return steps is not None and gemv_kernels.gemv_shapes_supported(*shape, steps, m) is None
+
+
+def fused_gemv_ready(w: Ecf8Tensor) -> bool:
+    """Whether ``w`` can be decoded inside the GEMV: version 2, unstacked, chunks of whole rows
+    (what ``compress_model`` writes); other encodings are decoded first."""
+    return (
+        w.version == 2
+        and np.ndim(w.chunk_offsets) == 1
+        and len(w.shape) == 2
+        and (w.chunk_steps * 128) % w.shape[1] == 0
+    )
+
+
+def gemv(x: jax.Array, w: Ecf8Tensor, scale: jax.Array, *, interpret: bool = False) -> jax.Array:
+    """``(x @ W.T) * scale`` with the version-2 weight decoded inside a GPU GEMV (m <= 8).
+
+    Args:
+      x: [m, in] activations.
+      w: version-2 [out, in] weight whose chunks hold whole rows (``gemv_supported``).
+      scale: float32[out] per output row.
+      interpret: run the Triton kernel in interpret mode.
+
+    Returns:
+      float32[m, out], bit-identical to :func:`fp8_gemv` on the decoded weight.
+    """
+    lut = grouped.decode_lut(w.code_lengths, jnp)
+    threshold = grouped.refill_below(w.code_lengths, jnp)
+    return gemv_kernels.grouped_gemv_gpu(
+        x, w.stream, w.chunk_offsets, w.signs, lut, threshold, scale,
+        n=w.shape[0], fp8_dtype=DTYPES[w.dtype], interpret=interpret,
+    )  # fmt: skip
+
+
+def fp8_gemv(x: jax.Array, w: jax.Array, scale: jax.Array, *, interpret: bool = False):
+    """The raw-FP8 twin of :func:`gemv`: the same GPU kernel reading an FP8 [out, in] weight."""
+    steps = grouped.row_chunk_steps(w.shape[1])
+    return gemv_kernels.fp8_rows_gemv(x, w, scale, chunk_steps=steps, interpret=interpret)
 
 
 def pad_stream(t: Ecf8Tensor, words: int | None = None) -> Ecf8Tensor:

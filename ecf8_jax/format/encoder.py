@@ -46,7 +46,9 @@ def dtype_name(dtype) -> str:
     raise TypeError(f"ECF8 encodes {sorted(DTYPES)}, not {dt}")
 
 
-def choose_chunk_steps(size: int, chunk_steps: int | None = None, version: int = 1) -> int:
+def choose_chunk_steps(
+    size: int, chunk_steps: int | None = None, version: int = 1, balance: bool = True
+) -> int:
     """Steps per chunk: at most ``chunk_steps``, balanced so the last chunk is nearly full.
 
     Args:
@@ -54,6 +56,8 @@ def choose_chunk_steps(size: int, chunk_steps: int | None = None, version: int =
       chunk_steps: upper bound (default ``DEFAULT_CHUNK_STEPS`` for version 1,
         ``grouped.DEFAULT_CHUNK_STEPS`` for version 2); a multiple of 32.
       version: the format version whose default applies.
+      balance: shrink the chunks so the last one is nearly full; ``False`` keeps
+        ``chunk_steps`` exactly (chunks of whole rows for the fused GEMV).
 
     Returns:
       A positive multiple of 32.
@@ -66,7 +70,7 @@ def choose_chunk_steps(size: int, chunk_steps: int | None = None, version: int =
         limit = operator.index(chunk_steps)
     if limit <= 0 or limit % SIGN_WORD_BITS:
         raise ValueError(f"chunk_steps must be a positive multiple of {SIGN_WORD_BITS}: {limit}")
-    if size == 0:
+    if size == 0 or not balance:
         return limit
     chunks = num_chunks(size, limit)
     steps = -(-size // (LANES * chunks))
@@ -198,7 +202,12 @@ def _tile_chunks(raw2d: np.ndarray, steps: int):
 
 
 def encode(
-    x, *, chunk_steps: int | None = None, layout: str = "flat", version: int | None = None
+    x,
+    *,
+    chunk_steps: int | None = None,
+    layout: str = "flat",
+    version: int | None = None,
+    balance: bool = True,
 ) -> Ecf8Tensor:
     """Encodes an FP8 array losslessly.
 
@@ -211,7 +220,9 @@ def encode(
       layout: ``"flat"`` (any shape) or ``"tiles"`` (2-D, last dimension a multiple of 128:
         chunks are [chunk_steps, 128] tiles, what the fused matmul kernel decodes).
       version: the format version; ``None`` writes ``FORMAT_VERSION`` (2) for ``flat`` and 1
-        for ``tiles`` (version 2 has no fused matmul kernel yet).
+        for ``tiles`` (the tiled fused matmul reads version 1).
+      balance: version 2: balance the chunk size over the tensor (default) or keep
+        ``chunk_steps`` exactly (``grouped.row_chunk_steps`` chunks of whole rows).
 
     Returns:
       An ``Ecf8Tensor`` with numpy leaves that decodes to the bit patterns of ``x``.
@@ -234,7 +245,7 @@ def encode(
     if version == 2:
         if layout != "flat":
             raise ValueError(f"format version 2 supports layout 'flat' only, not {layout!r}")
-        return _encode_v2(raw, shape, name, chunk_steps)
+        return _encode_v2(raw, shape, name, chunk_steps, balance)
     if layout == "flat":
         steps = choose_chunk_steps(n, chunk_steps)
         pieces = _flat_chunks(raw, steps, num_chunks(n, steps))
@@ -296,9 +307,11 @@ def encode(
     )
 
 
-def _encode_v2(raw: np.ndarray, shape: tuple[int, ...], name: str, chunk_steps) -> Ecf8Tensor:
+def _encode_v2(
+    raw: np.ndarray, shape: tuple[int, ...], name: str, chunk_steps, balance: bool
+) -> Ecf8Tensor:
     n = raw.size
-    steps = choose_chunk_steps(n, chunk_steps, version=2)
+    steps = choose_chunk_steps(n, chunk_steps, version=2, balance=balance)
     chunks = num_chunks(n, steps)
     stream, offsets, raw_words, lengths = encode_grouped(raw, steps, chunks)
     meta = {"version": 2, "shape": list(shape), "dtype": name, "chunk_steps": steps,

@@ -64,6 +64,25 @@ STEP_MULTIPLE = 32
 """``chunk_steps`` is a multiple of 32 (whole raw words; 8-row output tiles on TPU)."""
 
 
+GEMV_COLUMNS = GROUP * 128
+"""Columns of one group of one row: a row-wise GEMV needs ``in_features`` to be a multiple."""
+
+
+def row_chunk_steps(in_features: int, limit: int = DEFAULT_CHUNK_STEPS) -> int | None:
+    """The largest ``chunk_steps <= limit`` whose chunks hold whole rows of ``in_features``.
+
+    A fused GEMV over an ``[out, in]`` weight then gives each program whole output rows
+    (``pallas_kernels/grouped_matmul``). None when ``in_features`` is not a multiple of
+    ``GEMV_COLUMNS`` (512) or no multiple of 32 up to ``limit`` fits.
+    """
+    if in_features <= 0 or in_features % GEMV_COLUMNS:
+        return None
+    for steps in range(limit - limit % STEP_MULTIPLE, 0, -STEP_MULTIPLE):
+        if (steps * 128) % in_features == 0:
+            return steps
+    return None
+
+
 def max_chunk_words(chunk_steps: int, lanes: int = 128) -> int:
     """Most words one chunk can hold: every code 8 bits, plus each lane's look-ahead words."""
     return lanes * (chunk_steps // 4 + 2)

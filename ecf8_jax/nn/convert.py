@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from ecf8_jax.codec import pad_stream
-from ecf8_jax.format import encode
+from ecf8_jax.format import encode, grouped
 from ecf8_jax.nn.layers import Ecf8Embed, Ecf8Linear, Fp8Embed, Fp8Linear
 from ecf8_jax.nn.stack import Stacked
 
@@ -32,8 +32,16 @@ whole chunks holding the row, so half the format-2 default (2048) halves the byt
 lookup decodes, for ~0.02 bits/weight more on the table."""
 
 
-def _encode(w, chunk_steps: int | None, pad: bool):
-    t = encode(np.asarray(w), chunk_steps=chunk_steps)
+def _encode(w, chunk_steps: int | None, pad: bool, rows: bool = False):
+    w = np.asarray(w)
+    balance = True
+    if rows and chunk_steps is None:  # whole rows per chunk: the fused GEMV can take it
+        fit = grouped.row_chunk_steps(
+            w.shape[1], min(grouped.DEFAULT_CHUNK_STEPS, -(-w.size // 128))
+        )
+        if fit is not None:
+            chunk_steps, balance = fit, False
+    t = encode(w, chunk_steps=chunk_steps, balance=balance)
     return pad_stream(t) if pad else t
 
 
@@ -57,7 +65,7 @@ def compress_layer(
     if isinstance(layer, Fp8Linear):
         bias = layer.bias[...] if layer.bias is not None else None
         return Ecf8Linear(
-            _encode(layer.weight[...], chunk_steps, pad),
+            _encode(layer.weight[...], chunk_steps, pad, rows=True),
             layer.scale[...],
             bias,
             block_size=layer.block_size or (128, 128),

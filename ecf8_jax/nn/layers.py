@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from ecf8_jax.codec import decode, decode_chunks
+from ecf8_jax.codec import decode, decode_chunks, fp8_gemv, fused_gemv_ready, gemv, gemv_applies
 from ecf8_jax.format.constants import DTYPES, LANES
 from ecf8_jax.format.tensor import Ecf8Tensor
 
@@ -165,12 +165,43 @@ class _ScaledLinear(nnx.Module):
         """The ``[out, in]`` weight as an array (FP8 for quantized layers)."""
         raise NotImplementedError
 
+    def row_gemv(self, m: int) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+        """``(x [m, in], row_scale [out]) -> float32 [m, out]`` through the fused GPU GEMV, or
+        None where it does not apply (see :meth:`__call__`)."""
+        return None
+
     def __call__(self, x: jax.Array) -> jax.Array:
+        """``fp8_linear`` on every platform, except on CUDA for at most 8 activation rows.
+
+        There, when the shapes admit it (``codec.gemv_applies``: ``in % 512 == 0``; per-tensor or
+        per-row scale), the raw-FP8 layer runs the row GEMV kernel on its FP8 weight
+        (``codec.fp8_gemv``) and the compressed layer decodes inside the same kernel
+        (``codec.gemv``; weights ``compress_model`` wrote in chunks of whole rows) or decodes
+        first and runs ``fp8_gemv``: both stay bit-identical. The choice follows the platform
+        the program is lowered for (``lax.platform_dependent``).
+        """
         scale = self.scale[...] if self.scale is not None else None
         bias = self.bias[...] if self.bias is not None else None
-        return fp8_linear(
-            x, self.raw_weight(), scale, bias, block_size=self.block_size, dtype=self.dtype
-        )
+
+        def dense(x):
+            return fp8_linear(
+                x, self.raw_weight(), scale, bias, block_size=self.block_size, dtype=self.dtype
+            )
+
+        m = int(np.prod(x.shape[:-1]))
+        gemv_fn = None if self.block_size is not None or scale is None else self.row_gemv(m)
+        if gemv_fn is None:
+            return dense(x)
+
+        def fused(x):
+            row_scale = jnp.broadcast_to(
+                scale.astype(jnp.float32).reshape(-1), (self.out_features,)
+            )
+            x2 = x.reshape(m, self.in_features).astype(self.dtype)
+            y = gemv_fn(x2, row_scale).reshape(*x.shape[:-1], self.out_features)
+            return y + bias.astype(jnp.float32) if bias is not None else y
+
+        return lax.platform_dependent(x, cuda=fused, default=dense)
 
 
 def _bias_param(bias) -> nnx.Param | None:
@@ -246,6 +277,11 @@ class Fp8Linear(_ScaledLinear):
     def raw_weight(self) -> jax.Array:
         return self.weight[...]
 
+    def row_gemv(self, m):
+        if not gemv_applies((self.out_features, self.in_features), m):
+            return None
+        return lambda x, s: fp8_gemv(x, self.weight[...], s)
+
 
 class Ecf8Linear(_ScaledLinear):
     """:class:`Fp8Linear` with the weight ECF8-coded; decoded in the forward pass.
@@ -279,6 +315,14 @@ class Ecf8Linear(_ScaledLinear):
 
     def raw_weight(self) -> jax.Array:
         return decode(self.weight.get_value(), implementation=self.implementation)
+
+    def row_gemv(self, m):
+        if not gemv_applies((self.out_features, self.in_features), m):
+            return None
+        t = self.weight.get_value()
+        if self.implementation in (None, "pallas_gpu") and fused_gemv_ready(t):
+            return lambda x, s: gemv(x, t, s)
+        return lambda x, s: fp8_gemv(x, self.raw_weight(), s)  # decoded first, same kernel
 
 
 EMBED_BLOCK_WEIGHTS = 1 << 20

@@ -1,0 +1,73 @@
+"""The model path's fused GEMV: chosen by shape and lowering platform, bit-identical twins."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import ecf8_jax
+from ecf8_jax import codec
+from ecf8_jax import nn as enn
+from pallas_kernels import compat
+
+
+def _layers(out=48, k=1024, seed=0):
+    w = np.random.default_rng(seed).standard_normal((out, k)).astype(np.float32)
+    fp8 = enn.Fp8Linear.from_float(w, bias=np.arange(out, dtype=np.float32), dtype=jnp.bfloat16)
+    return fp8, enn.compress_layer(fp8)
+
+
+def test_compress_layer_writes_chunks_of_whole_rows_when_the_gemv_applies():
+    _, ecf8 = _layers()
+    t = ecf8.weight.get_value()
+    assert t.version == 2 and (t.chunk_steps * 128) % 1024 == 0
+    assert codec.fused_gemv_ready(t)
+    _, narrow = _layers(k=576)  # not a multiple of 512: the balanced default
+    assert not codec.gemv_applies((48, 576), 1)
+
+
+def test_gemv_rule_depends_on_shapes_only():
+    assert codec.gemv_applies((4096, 4096), 1) and codec.gemv_applies((4096, 4096), 8)
+    assert not codec.gemv_applies((4096, 4096), 9)  # prefill: decode-then-dot
+    assert not codec.gemv_applies((4096, 11008), 1)  # 11008 % 512 != 0
+
+
+@pytest.mark.parametrize("rows", [True, False])
+def test_fused_and_decode_first_gemv_equal_the_fp8_twin_bit_for_bit(rows):
+    # 330 x 1536: balanced 1984-step chunks cut rows; 96 steps hold 8 whole rows.
+    w = (np.random.default_rng(1).standard_normal((330, 1536)) * 0.1).astype(jnp.float8_e4m3fn)
+    t = ecf8_jax.encode(w, chunk_steps=96, balance=False) if rows else ecf8_jax.encode(w)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 1536)), jnp.bfloat16)
+    scale = jnp.linspace(0.5, 2.0, 330, dtype=jnp.float32)
+    twin = np.asarray(codec.fp8_gemv(x, jnp.asarray(w), scale, interpret=True))
+    if rows:
+        got = codec.gemv(x, t, scale, interpret=True)
+    else:  # a tensor not in whole-row chunks is decoded first, then the same kernel runs
+        assert not codec.fused_gemv_ready(t)
+        got = codec.fp8_gemv(x, ecf8_jax.decode(t), scale, interpret=True)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), twin.view(np.uint32))
+
+
+def _lowered(layer, platform, m=1):
+    graphdef, state = nnx.split(layer)
+    x = jax.ShapeDtypeStruct((m, layer.in_features), jnp.bfloat16)
+    f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+    if platform == "cpu":
+        return f.trace(state, x).lower().as_text()
+    with compat.abstract_device(platform):
+        return f.trace(state, x).lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_layers_lower_to_the_gemv_kernels_for_cuda_and_to_a_dot_on_cpu():
+    fp8, ecf8 = _layers()
+    assert "fp8_rows_gemv" in _lowered(fp8, "cuda")
+    assert "ecf8_grouped_gemv" in _lowered(ecf8, "cuda")
+    kernels = ("fp8_rows_gemv", "ecf8_grouped_gemv")
+    for layer in (fp8, ecf8):
+        text = _lowered(layer, "cpu")
+        assert not any(k in text for k in kernels) and "dot_general" in text
+    text = _lowered(ecf8, "cuda", m=16)  # beyond 8 rows: decode, then dot
+    assert not any(k in text for k in kernels) and "ecf8_grouped_decode" in text
