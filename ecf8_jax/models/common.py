@@ -55,7 +55,21 @@ def make_linear(
     if not fp8:
         return layer
     b = layer.bias[...] if layer.bias is not None else None
-    return Fp8Linear.from_float(np.asarray(layer.weight[...]), b, dtype=dtype)
+    w = layer.weight[...]
+    if isinstance(w, jax.core.Tracer):  # abstract init (nnx.eval_shape): quantize with jnp
+        return Fp8Linear(*_quantize_rows(w), b, dtype=dtype)
+    return Fp8Linear.from_float(np.asarray(w), b, dtype=dtype)
+
+
+def _quantize_rows(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-row E4M3 quantization in jnp (traceable), the layout of ``quantize_fp8(w, "row")``.
+
+    Used only where the weight is abstract (building a model under ``nnx.eval_shape`` for
+    ahead-of-time compilation); concrete models use the numpy ``quantize_fp8``.
+    """
+    amax = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
+    scale = jnp.where(amax > 0, amax / 448.0, 1.0).astype(jnp.float32)
+    return (w / scale).astype(jnp.float8_e4m3fn), scale
 
 
 def make_embed(
@@ -63,7 +77,12 @@ def make_embed(
 ) -> Embed | Fp8Embed:
     """A randomly initialised embedding table, FP8 per row or float."""
     layer = Embed.init(num, dim, rngs, dtype=dtype)
-    return Fp8Embed.from_float(np.asarray(layer.table[...]), dtype=dtype) if fp8 else layer
+    if not fp8:
+        return layer
+    table = layer.table[...]
+    if isinstance(table, jax.core.Tracer):  # abstract init: see make_linear
+        return Fp8Embed(*_quantize_rows(table), dtype=dtype)
+    return Fp8Embed.from_float(np.asarray(table), dtype=dtype)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:

@@ -71,7 +71,7 @@ def scale_kind(scale_shape: tuple[int, ...], weight_shape: tuple[int, int]) -> s
 
 def normalize_scale(
     scale, weight_shape: tuple[int, int], block_size: tuple[int, int]
-) -> tuple[np.ndarray, tuple[int, int] | None]:
+) -> tuple[jax.Array, tuple[int, int] | None]:
     """The float32 scale in the shape :func:`dequantize` broadcasts, and its block shape.
 
     Returns:
@@ -81,7 +81,7 @@ def normalize_scale(
     Raises:
       ValueError: a block scale whose grid is not ``ceil(weight_shape / block_size)``.
     """
-    scale = np.asarray(scale, dtype=np.float32)
+    scale = jnp.asarray(scale, dtype=jnp.float32)  # jnp: also traceable (abstract init)
     kind = scale_kind(scale.shape, weight_shape)
     if kind == "tensor":
         return scale.reshape(()), None
@@ -428,7 +428,7 @@ class Embed(_ScaledEmbed):
 
 
 def _embed_scale(scale, shape) -> jax.Array:
-    scale = np.asarray(scale, np.float32)
+    scale = jnp.asarray(scale, jnp.float32)
     if scale.size == 1:
         return jnp.asarray(scale.reshape(()))
     if scale.size != shape[0]:
