@@ -54,7 +54,9 @@ class MeerkatClient(Client):
       lie: ``(kind, round)``: in that round send a malformed reply instead (``"nan"``: a NaN
         scalar, ``"length"``: one scalar too many, ``"stale"``: claim the previous round), to
         test the server's refusal.
-      crash_round: kill this process (SIGKILL) in the middle of that round's fit.
+      crash_round: crash in the middle of that round's fit (after the instruction came).
+      crash: how: ``"kill"`` this process (SIGKILL), or ``"raise"`` a RuntimeError, which
+        makes Flower's client drop the connection and return (a client thread in a test).
     """
 
     def __init__(
@@ -64,12 +66,16 @@ class MeerkatClient(Client):
         *,
         lie: tuple[str, int] | None = None,
         crash_round: int | None = None,
+        crash: str = "kill",
     ):
         if not 0 <= index < task.spec.clients:
             raise ValueError(f"client index {index} not in [0, {task.spec.clients})")
         if lie is not None and lie[0] not in LIES:
             raise ValueError(f"lie must be one of {LIES}, got {lie[0]!r}")
-        self.task, self.index, self.lie, self.crash_round = task, index, lie, crash_round
+        if crash not in ("kill", "raise"):
+            raise ValueError(f"crash must be 'kill' or 'raise', got {crash!r}")
+        self.task, self.index, self.lie = task, index, lie
+        self.crash_round, self.crash = crash_round, crash
         self.programs = task.programs()
         x, y = task.client_data(index)
         self.batches = (jnp.asarray(x), jnp.asarray(y))
@@ -102,8 +108,10 @@ class MeerkatClient(Client):
         except ValueError as err:  # out of sync: say so; the server refuses the reply
             return FitRes(Status(Code.OK, str(err)), Parameters([], "meerkat"), 0, {})
         batches = jax.tree.map(lambda a: a[round_], self.batches)
-        if self.crash_round == round_:
-            os.kill(os.getpid(), signal.SIGKILL)  # mid-round: after the instruction arrived
+        if self.crash_round == round_:  # mid-round: after the instruction arrived
+            if self.crash == "raise":
+                raise RuntimeError(f"client {self.index} crashes in round {round_} (testing)")
+            os.kill(os.getpid(), signal.SIGKILL)
         _, gs, losses = self.programs.client(self.params, batches, round_, self.index)
         gs = np.asarray(gs, np.float32)
         claimed = round_

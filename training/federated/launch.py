@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,28 @@ def _certificates(args) -> tuple[bytes, bytes, bytes] | None:
     return tuple(Path(f).read_bytes() for f in files)
 
 
+def wait_for_server(address: str, timeout: float) -> None:
+    """Polls ``host:port`` until it accepts a TCP connection (at most ``timeout`` seconds), so
+    a client started with its server connects at once instead of in Flower's retry backoff."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return  # let Flower's own retries report it
+            time.sleep(0.1)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the launcher passes it to server and clients)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def server_main(args: argparse.Namespace) -> int:
     from training.federated.server import MeerkatStrategy, serve
 
@@ -141,6 +164,7 @@ def client_main(args: argparse.Namespace) -> int:
         build_task(spec_from_args(args)), args.index, lie=lie, crash_round=args.crash_round
     )
     root = Path(args.ca_cert).read_bytes() if args.ca_cert else None
+    wait_for_server(args.server, args.connect_timeout)
     start_client(
         server_address=args.server,
         client=client,
@@ -226,6 +250,7 @@ def run_in_threads(
     task,
     *,
     client_options: dict[int, dict] | None = None,
+    rejoin: Sequence[int] = (),
     timeout: float = 120.0,
     **strategy_kw,
 ):
@@ -235,6 +260,8 @@ def run_in_threads(
     Args:
       task: the built task.
       client_options: keyword arguments of :class:`MeerkatClient` per client index.
+      rejoin: clients to start again, as new clients from round 0, once their first run ends
+        (crashed: ``client_options={k: {"crash_round": r, "crash": "raise"}}``).
       timeout: bound on the run; raises RuntimeError past it.
       **strategy_kw: passed to :class:`MeerkatStrategy`.
 
@@ -264,13 +291,15 @@ def run_in_threads(
 
     def client(k):
         kw = (client_options or {}).get(k, {})
-        start_client(
-            server_address=address[0],
-            client=MeerkatClient(task, k, **kw),
-            insecure=True,
-            transport="grpc-bidi",
-            max_wait_time=timeout,
-        )
+        for attempt in range(1 + (k in rejoin)):
+            with contextlib.suppress(RuntimeError):  # a crash="raise" client leaving
+                start_client(
+                    server_address=address[0],
+                    client=MeerkatClient(task, k, **(kw if attempt == 0 else {})),
+                    insecure=True,
+                    transport="grpc-bidi",
+                    max_wait_time=timeout,
+                )
 
     threads = [threading.Thread(target=server, daemon=True)]
     threads[0].start()
@@ -287,6 +316,23 @@ def run_in_threads(
     if any(t.is_alive() for t in threads):
         raise RuntimeError(f"federation exceeded {timeout:.0f} s")
     return strategy
+
+
+def _compilation_cache_env() -> dict[str, str]:
+    """This process's persistent jax compilation cache settings, for its child processes
+    (the server and every client compile the same programs: one compile serves them all)."""
+    cache = getattr(jax.config, "jax_compilation_cache_dir", None)
+    if not cache:
+        return {}
+    env = {"JAX_COMPILATION_CACHE_DIR": str(cache)}
+    for name in (
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    ):
+        value = getattr(jax.config, name, None)
+        if value is not None:
+            env[name.upper()] = str(value)
+    return env
 
 
 def _module_argv(role: str) -> list[str]:
@@ -308,7 +354,7 @@ def run_local(
 
     Args:
       spec: the task.
-      workdir: folder for the address file, the result and the processes' logs.
+      workdir: folder for the result and the processes' logs.
       client_args: extra flags per client index (e.g. ``["--crash-round", "1"]``).
       rejoin: clients to start again (plain) once their first process has exited.
       timeout: the whole federation's bound in seconds; every process is killed after it.
@@ -321,12 +367,12 @@ def run_local(
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    address_file, out = workdir / "address", workdir / "result.npz"
-    address_file.unlink(missing_ok=True)
+    out = workdir / "result.npz"
     out.unlink(missing_ok=True)
     env = dict(os.environ if env is None else env)
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     root = str(Path(__file__).resolve().parents[2])  # the folder holding `training`
+    env.update(_compilation_cache_env())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     bound = ["--max-seconds", str(timeout)]
     spec_argv = spec_to_argv(spec)
@@ -348,22 +394,16 @@ def run_local(
         return left
 
     try:
+        address = f"127.0.0.1:{free_port()}"
         server = start(
             "server",
             _module_argv("server")
             + spec_argv
             + bound
-            + ["--address", "127.0.0.1:0", "--address-file", str(address_file)]
-            + ["--out", str(out), *server_args],
+            + ["--address", address, "--out", str(out), *server_args],
         )
-        while not address_file.exists():
-            if server.poll() is not None:
-                raise RuntimeError(f"server exited with {server.returncode}; see {workdir}")
-            remaining()
-            time.sleep(0.05)
-        address = address_file.read_text()
         clients = {}
-        for k in range(spec.clients):
+        for k in range(spec.clients):  # started with the server: they wait for its port
             argv = _module_argv("client") + spec_argv + bound + ["--server", address]
             argv += ["--index", str(k), *(client_args or {}).get(k, [])]
             clients[k] = start(f"client{k}", argv)
