@@ -32,7 +32,7 @@ from flwr.common import (
 )
 
 from training.federated import wire
-from training.federated.task import Task, apply_round
+from training.federated.task import Task, apply_round, masked_values, merge_values
 
 LIES = ("nan", "length", "stale")
 
@@ -101,10 +101,21 @@ class MeerkatClient(Client):
             self.params = apply_round(self.programs, self.params, gs, j, active)
         self.synced = upto
 
+    def _sync_dense(self, config, tensors) -> None:
+        """Dense baseline: the tensor (if any) is the averaged masked values of the last round."""
+        if tensors:
+            values = np.frombuffer(tensors[0], wire.SCALAR).astype(np.float32)
+            self.params = merge_values(self.task.params, self.task.mask, values)
+        self.synced = int(config["round"])
+
     def fit(self, ins: FitIns) -> FitRes:
         round_ = int(ins.config["round"])
+        dense = self.task.spec.exchange == "dense"
         try:
-            self._sync(ins.config, ins.parameters.tensors)
+            if dense:
+                self._sync_dense(ins.config, ins.parameters.tensors)
+            else:
+                self._sync(ins.config, ins.parameters.tensors)
         except ValueError as err:  # out of sync: say so; the server refuses the reply
             return FitRes(Status(Code.OK, str(err)), Parameters([], "meerkat"), 0, {})
         batches = jax.tree.map(lambda a: a[round_], self.batches)
@@ -112,8 +123,10 @@ class MeerkatClient(Client):
             if self.crash == "raise":
                 raise RuntimeError(f"client {self.index} crashes in round {round_} (testing)")
             os.kill(os.getpid(), signal.SIGKILL)
-        _, gs, losses = self.programs.client(self.params, batches, round_, self.index)
+        final, gs, losses = self.programs.client(self.params, batches, round_, self.index)
         gs = np.asarray(gs, np.float32)
+        if dense:  # the baseline sends its trained masked values instead of the scalars
+            gs = masked_values(final, self.task.mask)
         claimed = round_
         if self.lie is not None and self.lie[1] == round_:
             if self.lie[0] == "nan":
@@ -135,7 +148,10 @@ class MeerkatClient(Client):
     def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
         """Syncs to the final round, then reports accuracy on the held-out set and a digest."""
         try:
-            self._sync(ins.config, ins.parameters.tensors)
+            if self.task.spec.exchange == "dense":
+                self._sync_dense(ins.config, ins.parameters.tensors)
+            else:
+                self._sync(ins.config, ins.parameters.tensors)
         except ValueError as err:
             return EvaluateRes(Status(Code.OK, str(err)), float("nan"), 0, {})
         x, y = self.task.test

@@ -217,7 +217,7 @@ def save_result(path: Path, strategy, wall: float) -> None:
         "evaluation": {str(k): v for k, v in strategy.evaluation.items()},
         "wall_seconds": wall,
     }
-    K, T = strategy.K, strategy.T
+    K, T = strategy.K, strategy.width
     arrays = {f"param_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(strategy.params))}
     arrays["projected_grads"] = np.asarray(strategy.gs_log, np.float32).reshape(-1, K, T)
     arrays["active"] = np.asarray(strategy.active_log, bool).reshape(-1, K)

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flwr.common import (
@@ -47,7 +48,7 @@ from flwr.supercore.grpc import GRPC_MAX_MESSAGE_LENGTH, generic_create_grpc_ser
 from training import meerkat
 from training.federated import wire
 from training.federated.client import params_digest
-from training.federated.task import Task, apply_round
+from training.federated.task import Task, apply_round, masked_values, merge_values
 
 GRPC_PREFIX_BYTES = 5  # gRPC's length-prefixed message framing: 1 flag byte + 4 length bytes
 
@@ -148,6 +149,8 @@ class MeerkatStrategy(Strategy):
         self.programs = task.programs()
         self.K, self.T = self.programs.num_clients, self.programs.local_steps
         self.params = task.params
+        self.dense = task.spec.exchange == "dense"
+        self.width = len(masked_values(task.params, task.mask)) if self.dense else self.T
         self.join_timeout, self.rejoin_timeout = join_timeout, rejoin_timeout
         self.request_timeout, self.max_abs = request_timeout, max_abs
         self.enabled = np.ones(self.K, bool)  # Meerkat-vp: clients not stopped
@@ -193,6 +196,9 @@ class MeerkatStrategy(Strategy):
 
     def _catch_up(self, cid: str, upto: int) -> tuple[Parameters, dict]:
         first = self._synced[cid]
+        if self.dense:  # the baseline: the current averaged masked values, whole
+            tensors = [] if upto == 0 else [masked_values(self.params, self.task.mask).tobytes()]
+            return Parameters(tensors, "meerkat-dense"), {"round": upto, "first": first}
         tensors = wire.encode_rounds(self.gs_log[first:upto], self.active_log[first:upto])
         return Parameters(tensors, "meerkat"), {"round": upto, "first": first}
 
@@ -223,7 +229,7 @@ class MeerkatStrategy(Strategy):
 
     def aggregate_fit(self, server_round, results, failures):
         r = server_round - 1
-        gs = np.zeros((self.K, self.T), np.float32)
+        gs = np.zeros((self.K, self.width), np.float32)
         received = np.zeros(self.K, bool)
         refused: dict[int, str] = {}
         answered = set()
@@ -238,7 +244,7 @@ class MeerkatStrategy(Strategy):
                     res.metrics,
                     client=k,
                     round_=r,
-                    local_steps=self.T,
+                    local_steps=self.width,
                     max_abs=self.max_abs,
                 )
             except wire.RefusedReply as err:
@@ -253,9 +259,15 @@ class MeerkatStrategy(Strategy):
         sent[list(self._sent.values())] = True
         active = self.enabled & received
         gradip = None
-        if self.programs.gradip is not None:
-            gradip = np.asarray(self.programs.gradip(jnp.asarray(gs), r))
-        self.params = apply_round(self.programs, self.params, gs, r, active)
+        if self.dense:  # average the clients' own parameters (federated_mezo, no replay)
+            if active.any():
+                finals = [merge_values(self.task.params, self.task.mask, g) for g in gs]
+                stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *finals)
+                self.params = self.programs.average(stacked, jnp.asarray(active))
+        else:
+            if self.programs.gradip is not None:
+                gradip = np.asarray(self.programs.gradip(jnp.asarray(gs), r))
+            self.params = apply_round(self.programs, self.params, gs, r, active)
         self.gs_log.append(gs)
         self.active_log.append(active)
         up, down = self._bytes()

@@ -20,6 +20,7 @@ import numpy as np
 
 from training import meerkat
 from training.masks import gradient_mask
+from training.perturb import mask_leaves
 
 PyTree = Any
 
@@ -43,6 +44,9 @@ class TaskSpec:
       distribution: z distribution (``"normal"`` or ``"rademacher"``).
       seed: data, split and root key.
       early_stop: Meerkat-vp ``(window, rel_tol, min_rounds)`` or None.
+      exchange: ``"scalars"`` (Meerkat: projected gradients up, every client's scalars down)
+        or ``"dense"`` (the baseline a Flower user would otherwise run: each client sends its
+        trained masked values as float32, the server averages them and sends them back).
     """
 
     clients: int = 2
@@ -62,6 +66,7 @@ class TaskSpec:
     distribution: str = "normal"
     seed: int = 0
     early_stop: tuple[int, float, int] | None = None
+    exchange: str = "scalars"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -160,6 +165,8 @@ def build_task(spec: TaskSpec) -> Task:
         raise ValueError(f"clients, rounds, local_steps and batch must be >= 1: {spec}")
     if spec.split not in ("iid", "dirichlet"):
         raise ValueError(f"split must be 'iid' or 'dirichlet', got {spec.split!r}")
+    if spec.exchange not in ("scalars", "dense"):
+        raise ValueError(f"exchange must be 'scalars' or 'dense', got {spec.exchange!r}")
     if spec.mode not in ("sparse", "full"):
         raise ValueError(f"mode must be 'sparse' or 'full', got {spec.mode!r}")
     rng = np.random.default_rng(spec.seed)
@@ -224,3 +231,36 @@ def apply_round(programs: meerkat.MeerkatPrograms, params, gs, round_: int, acti
     if not active.any():
         return params
     return programs.server(params, jnp.asarray(gs, jnp.float32), round_, jnp.asarray(active))
+
+
+def masked_values(params: PyTree, mask: PyTree | None) -> np.ndarray:
+    """The masked entries of ``params``, leaf by leaf, as one float32 vector (dense exchange)."""
+    parts = []
+    for leaf, m in zip(jax.tree.leaves(params), mask_leaves(mask, params)):
+        leaf = np.asarray(leaf)
+        if m is True:
+            parts.append(leaf.reshape(-1))
+        elif m is not False:
+            parts.append(leaf[np.broadcast_to(np.asarray(m), leaf.shape)])
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+def merge_values(base: PyTree, mask: PyTree | None, values: np.ndarray) -> PyTree:
+    """``base`` with its masked entries replaced by ``values`` (inverse of
+    :func:`masked_values`; entries outside the mask are ``base``'s, bit for bit)."""
+    leaves, treedef = jax.tree.flatten(base)
+    out, at = [], 0
+    for leaf, m in zip(leaves, mask_leaves(mask, base)):
+        leaf = np.array(leaf)
+        if m is True:
+            leaf = values[at : at + leaf.size].reshape(leaf.shape).astype(leaf.dtype)
+            at += leaf.size
+        elif m is not False:
+            sel = np.broadcast_to(np.asarray(m), leaf.shape)
+            n = int(sel.sum())
+            leaf[sel] = values[at : at + n]
+            at += n
+        out.append(jnp.asarray(leaf))
+    if at != len(values):
+        raise ValueError(f"{len(values)} values for a mask of {at} entries")
+    return jax.tree.unflatten(treedef, out)
