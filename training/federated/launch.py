@@ -116,6 +116,7 @@ def server_main(args: argparse.Namespace) -> int:
 
     _watchdog(args.max_seconds)
     task = build_task(spec_from_args(args))
+    task.warm_up()
     strategy = MeerkatStrategy(
         task,
         join_timeout=args.join_timeout,
@@ -160,9 +161,9 @@ def client_main(args: argparse.Namespace) -> int:
     if args.lie:
         kind, round_ = args.lie.split(":")
         lie = (kind, int(round_))
-    client = MeerkatClient(
-        build_task(spec_from_args(args)), args.index, lie=lie, crash_round=args.crash_round
-    )
+    task = build_task(spec_from_args(args))
+    task.warm_up()
+    client = MeerkatClient(task, args.index, lie=lie, crash_round=args.crash_round)
     root = Path(args.ca_cert).read_bytes() if args.ca_cert else None
     wait_for_server(args.server, args.connect_timeout)
     start_client(

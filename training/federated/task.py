@@ -135,6 +135,20 @@ class Task:
         )
         return self._programs
 
+    def warm_up(self) -> None:
+        """Compiles every program a process of the run will call (so round times measure
+        rounds, not the first call's compile)."""
+        programs, s = self.programs(), self.spec
+        x, y = self.client_data(0)
+        jax.block_until_ready(programs.client(self.params, (x[0], y[0]), 0, 0))
+        gs = jnp.zeros((s.clients, s.local_steps), jnp.float32)
+        active = jnp.ones((s.clients,), bool)
+        jax.block_until_ready(programs.server(self.params, gs, 0, active))
+        if programs.gradip is not None:
+            jax.block_until_ready(programs.gradip(gs, 0))
+        stacked = jax.tree.map(lambda p: jnp.stack([p] * s.clients), self.params)
+        jax.block_until_ready(programs.average(stacked, active))
+
     def client_data(self, client: int) -> tuple[np.ndarray, np.ndarray]:
         """Client ``client``'s batches, ``[rounds, steps, batch, ...]``."""
         x, y = self.client_batches
