@@ -25,6 +25,10 @@ Simulation here (:func:`federated_mezo`):
 Meerkat-vp (``early_stop=EarlyStop(...)``): a client whose GradIP trajectory has converged stops
 training and communicating; the server averages the active clients only.
 
+The jitted client, server and GradIP programs come from :func:`meerkat_programs`, which
+:mod:`training.federated` runs in a Flower server and its client processes: the same bits as
+here, over the network.
+
 Data: :func:`dirichlet_split` gives the usual non-IID label split (small ``alpha``: each client
 sees few classes; large: close to IID).
 """
