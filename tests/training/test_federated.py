@@ -132,6 +132,18 @@ def reference(task, active_rows):
     return params, log
 
 
+def test_meerkat_vp_over_flower_stops_clients_as_the_simulation_does():
+    # Everyone converges after round 1 (a rule every trajectory passes): no round 2 is sent.
+    spec = TaskSpec(clients=2, rounds=3, local_steps=STEPS, early_stop=(1, 1e9, 2))
+    task = build_task(spec)
+    strategy = run_in_threads(task, timeout=120.0)
+    expected = task.federated_mezo()
+    assert len(strategy.records) == len(expected.rounds) == 2
+    assert_same_bits(strategy.params, expected.params)
+    assert not strategy.enabled.any()
+    assert all(e["in_sync"] for e in strategy.evaluation.values())
+
+
 def test_a_client_that_drops_mid_round_is_left_out_then_rejoins_and_catches_up():
     task = build_task(TaskSpec(clients=2, rounds=3, local_steps=STEPS))
     strategy = run_in_threads(
