@@ -488,7 +488,7 @@ def local_main(args: argparse.Namespace) -> int:
     )
     arithmetic = 4 * spec.local_steps * spec.clients
     print(f"{spec.clients} clients, {spec.rounds} rounds over Flower gRPC ({workdir})")
-    print("round | active | uplink B (scalars) | downlink B | s | accuracy")
+    print("round | active | uplink B on the wire (arithmetic) | downlink B | s | accuracy")
     for r, rec in enumerate(result.rounds):
         print(
             f"{r} | {result.active[r].astype(int).tolist()} | {rec['uplink_bytes']} "
