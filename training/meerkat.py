@@ -25,6 +25,10 @@ Simulation here (:func:`federated_mezo`):
 Meerkat-vp (``early_stop=EarlyStop(...)``): a client whose GradIP trajectory has converged stops
 training and communicating; the server averages the active clients only.
 
+The jitted client, server and GradIP programs come from :func:`meerkat_programs`, which
+:mod:`training.federated` runs in a Flower server and its client processes: the same bits as
+here, over the network.
+
 Data: :func:`dirichlet_split` gives the usual non-IID label split (small ``alpha``: each client
 sees few classes; large: close to IID).
 """
@@ -179,6 +183,145 @@ def _directional(
     return sum(jnp.sum(x) for x in jax.tree.leaves(products))
 
 
+class MeerkatPrograms(NamedTuple):
+    """The jitted programs of one Meerkat configuration, shared by every transport.
+
+    :func:`federated_mezo` runs them in one process; :mod:`training.federated` runs the same
+    functions in a Flower server and its client processes, which is what makes both give the
+    same bits (a client alone runs :attr:`client`, which equals one client of
+    ``run_clients`` under ``sequential_clients=True``).
+
+    Attributes:
+      run_clients: ``(theta, batches [clients, steps, ...], round) -> (finals, gs, losses)``:
+        every client's local round (``finals`` stacked on ``[clients]``, ``gs`` and ``losses``
+        float32 ``[clients, steps]``).
+      client: ``(theta, batches [steps, ...], round, client) -> (final, gs [steps],
+        losses [steps])``: one client's local round.
+      server: ``(theta, gs [clients, steps], round, active bool [clients]) -> theta``: replay
+        every client's path from its scalars and average the active ones (the virtual path).
+      gradip: ``(gs [clients, steps], round) -> float32 [clients]`` (None without
+        ``pretrain_grad``).
+      average: ``(finals, active) -> theta``: average of the clients' own parameters.
+      num_clients: K.
+      local_steps: steps per client per round.
+    """
+
+    run_clients: Callable
+    client: Callable
+    server: Callable
+    gradip: Callable | None
+    average: Callable
+    num_clients: int
+    local_steps: int
+
+
+def meerkat_programs(
+    loss_fn: Callable[[PyTree, Any], Array],
+    params: PyTree,
+    *,
+    num_clients: int,
+    local_steps: int,
+    mask: PyTree,
+    eps: float,
+    learning_rate: float,
+    root_key: Array,
+    pretrain_grad: PyTree | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    sequential_clients: bool = False,
+    distribution: str = DEFAULT_DISTRIBUTION,
+) -> MeerkatPrograms:
+    """Builds the jitted client, server and GradIP programs of :func:`federated_mezo`.
+
+    Args are those of :func:`federated_mezo`; ``params`` only gives the optimizer state's
+    structure (plain SGD: empty). Returns a :class:`MeerkatPrograms`.
+    """
+    kw = dict(mask=mask, chunk_size=chunk_size, distribution=check_distribution(distribution))
+    grad_fn = mezo_value_and_grad(loss_fn, eps=eps, **kw)
+    tx = optax.sgd(learning_rate)  # stateless: one init state serves every client and step
+    update, sgd_state = zo_update(tx, **kw), tx.init(params)
+
+    def local_path(theta, batches, round_, client):
+        def body(p, xs):
+            t, batch = xs
+            key = client_key(root_key, round_, client, t)
+            loss, g = grad_fn(p, batch, key)
+            key, g = jax.lax.optimization_barrier((key, g))
+            p, _ = update(p, sgd_state, g, key)
+            return p, (g, loss)
+
+        steps = jnp.arange(local_steps, dtype=jnp.uint32)
+        return jax.lax.scan(body, theta, (steps, batches))
+
+    def replay_path(theta, gs, round_, client):
+        def body(p, xs):
+            t, g = xs
+            p, _ = update(p, sgd_state, g, client_key(root_key, round_, client, t))
+            return p, None
+
+        steps = jnp.arange(local_steps, dtype=jnp.uint32)
+        return jax.lax.scan(body, theta, (steps, gs))[0]
+
+    clients = jnp.arange(num_clients, dtype=jnp.uint32)
+
+    def over_clients(fn, theta, per_client, round_):
+        """``fn(theta, per_client[k], round_, k)`` for every client k, stacked on axis 0."""
+        if sequential_clients:
+            return jax.lax.map(lambda xs: fn(theta, xs[0], round_, xs[1]), (per_client, clients))
+        return jax.vmap(fn, in_axes=(None, 0, None, 0))(theta, per_client, round_, clients)
+
+    @jax.jit
+    def run_clients(theta, batches, round_):
+        final, (gs, losses) = over_clients(local_path, theta, batches, round_)
+        return final, gs, losses
+
+    @jax.jit
+    def one_client(theta, batches, round_, client):
+        final, (gs, losses) = local_path(
+            theta, batches, jnp.asarray(round_), jnp.asarray(client, jnp.uint32)
+        )
+        return final, gs, losses
+
+    def weighted_average(paths, active):
+        weights = active.astype(jnp.float32) / jnp.maximum(active.sum(), 1)
+
+        def average(x):
+            w = weights.reshape((-1,) + (1,) * (x.ndim - 1))
+            return jnp.sum(x.astype(jnp.float32) * w, axis=0).astype(x.dtype)
+
+        return jax.tree.map(average, paths)
+
+    @jax.jit
+    def server(theta, gs, round_, active):
+        return weighted_average(over_clients(replay_path, theta, gs, round_), active)
+
+    gradip = None
+    if pretrain_grad is not None:
+
+        @jax.jit
+        def gradip(gs, round_):
+            def per_client(g_row, client):
+                keys = jax.vmap(lambda t: client_key(root_key, round_, client, t))(
+                    jnp.arange(local_steps, dtype=jnp.uint32)
+                )
+                dots = jax.lax.map(
+                    lambda k: _directional(pretrain_grad, k, mask, chunk_size, distribution),
+                    keys,
+                )
+                return jnp.mean(g_row * dots)
+
+            return jax.vmap(per_client)(gs, clients)
+
+    return MeerkatPrograms(
+        run_clients=run_clients,
+        client=one_client,
+        server=server,
+        gradip=gradip,
+        average=jax.jit(weighted_average),
+        num_clients=int(num_clients),
+        local_steps=int(local_steps),
+    )
+
+
 def federated_mezo(
     loss_fn: Callable[[PyTree, Any], Array],
     params: PyTree,
@@ -233,72 +376,22 @@ def federated_mezo(
     if len(leading) != 1 or len(next(iter(leading))) != 3:
         raise ValueError(f"client_batches leaves need [rounds, clients, steps, ...], got {leading}")
     num_rounds, num_clients, local_steps = next(iter(leading))
-    kw = dict(mask=mask, chunk_size=chunk_size, distribution=check_distribution(distribution))
-    grad_fn = mezo_value_and_grad(loss_fn, eps=eps, **kw)
-    tx = optax.sgd(learning_rate)  # stateless: one init state serves every client and step
-    update, sgd_state = zo_update(tx, **kw), tx.init(params)
-
-    def local_path(theta, batches, round_, client):
-        def body(p, xs):
-            t, batch = xs
-            key = client_key(root_key, round_, client, t)
-            loss, g = grad_fn(p, batch, key)
-            key, g = jax.lax.optimization_barrier((key, g))
-            p, _ = update(p, sgd_state, g, key)
-            return p, (g, loss)
-
-        steps = jnp.arange(local_steps, dtype=jnp.uint32)
-        return jax.lax.scan(body, theta, (steps, batches))
-
-    def replay_path(theta, gs, round_, client):
-        def body(p, xs):
-            t, g = xs
-            p, _ = update(p, sgd_state, g, client_key(root_key, round_, client, t))
-            return p, None
-
-        steps = jnp.arange(local_steps, dtype=jnp.uint32)
-        return jax.lax.scan(body, theta, (steps, gs))[0]
-
-    clients = jnp.arange(num_clients, dtype=jnp.uint32)
-
-    def over_clients(fn, theta, per_client, round_):
-        """``fn(theta, per_client[k], round_, k)`` for every client k, stacked on axis 0."""
-        if sequential_clients:
-            return jax.lax.map(lambda xs: fn(theta, xs[0], round_, xs[1]), (per_client, clients))
-        return jax.vmap(fn, in_axes=(None, 0, None, 0))(theta, per_client, round_, clients)
-
-    @jax.jit
-    def run_clients(theta, batches, round_):
-        final, (gs, losses) = over_clients(local_path, theta, batches, round_)
-        return final, gs, losses
-
-    def weighted_average(paths, active):
-        weights = active.astype(jnp.float32) / jnp.maximum(active.sum(), 1)
-
-        def average(x):
-            w = weights.reshape((-1,) + (1,) * (x.ndim - 1))
-            return jnp.sum(x.astype(jnp.float32) * w, axis=0).astype(x.dtype)
-
-        return jax.tree.map(average, paths)
-
-    @jax.jit
-    def server(theta, gs, round_, active):
-        return weighted_average(over_clients(replay_path, theta, gs, round_), active)
-
-    average_finals = jax.jit(weighted_average)
-
-    @jax.jit
-    def gradip(gs, round_):
-        def per_client(g_row, client):
-            keys = jax.vmap(lambda t: client_key(root_key, round_, client, t))(
-                jnp.arange(local_steps, dtype=jnp.uint32)
-            )
-            dots = jax.lax.map(
-                lambda k: _directional(pretrain_grad, k, mask, chunk_size, distribution), keys
-            )
-            return jnp.mean(g_row * dots)
-
-        return jax.vmap(per_client)(gs, clients)
+    programs = meerkat_programs(
+        loss_fn,
+        params,
+        num_clients=num_clients,
+        local_steps=local_steps,
+        mask=mask,
+        eps=eps,
+        learning_rate=learning_rate,
+        root_key=root_key,
+        pretrain_grad=pretrain_grad,
+        chunk_size=chunk_size,
+        sequential_clients=sequential_clients,
+        distribution=distribution,
+    )
+    run_clients, server, gradip = programs.run_clients, programs.server, programs.gradip
+    average_finals = programs.average
 
     if early_stop is not None and pretrain_grad is None:
         raise ValueError("early_stop (Meerkat-vp) needs pretrain_grad for GradIP")
