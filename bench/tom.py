@@ -56,17 +56,17 @@ from training.tom import bon, false_belief, fisher, lm, pbm, rope, stories
 
 ORDERS = (1, 2, 3, 4)
 NS = (1, 4, 16, 64)
-DEFAULTS = dict(
-    train_stories=6,
-    test_stories=4,
+DEFAULTS = dict(  # the recorded CPU run (BENCHMARKS.md): about 25 min on 2 shared cores
+    train_stories=2,
+    test_stories=2,
     samples=64,
     train_samples=16,
-    events=4,
-    containers=4,
+    events=3,
+    containers=3,
     fisher_tasks=32,
     generic=24,
-    eval_tasks=96,
-    fractions=(1e-5, 2e-5, 5e-5),
+    eval_tasks=48,
+    fractions=(1e-5, 5e-5),
 )
 TINY = dict(
     train_stories=2,
@@ -190,6 +190,7 @@ def sample_traces(model, encode, piece, items, n, key, args):
                 )
             )
         out.append(dict(order=q.order, gold=gold[-1], traces=traces))
+        print(f"  sampled {n} traces for prompt {j + 1}/{len(items)}", file=sys.stderr, flush=True)
     return out
 
 
@@ -472,3 +473,51 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
 
 if __name__ == "__main__":
     main()
+
+
+# --------------------------------------------------------------------------- compressed models
+
+
+def layer_masks(mask) -> dict[str, np.ndarray]:
+    """A mask over the float model's stacked parameters as ``{"layers.i.mlp.up_proj": bool
+    [out, in]}``, the paths of ``ecf8_jax.nn.linear_weights`` / ``add_sparse_delta``."""
+    out = {}
+    for path, m in jax.tree_util.tree_leaves_with_path(mask):
+        names = re.findall(r"\['(\w+)'\]", jax.tree_util.keystr(path))
+        m = np.asarray(m, bool)
+        if names[:2] == ["layers", "layer"] and names[-1] == "weight" and m.ndim == 3:
+            for i, mi in enumerate(m):
+                out[f"layers.{i}." + ".".join(names[2:-1])] = mi
+    return out
+
+
+def mean_replace_compressed(model, masks: dict[str, np.ndarray]):
+    """Mean replacement on an FP8 / ECF8 model, re-encoded: ``W ← W ⊙ ¬M + M ⊙ μ``.
+
+    The replacement is a sparse delta ``μ - W`` at the masked entries of each selected linear
+    layer (``ecf8_jax.nn.add_sparse_delta``), merged into the weights, requantized per row and
+    ECF8-coded again (``merge_adapters``). Modifies ``model`` in place and returns it.
+
+    Args:
+      model: a Llama-family model with FP8 or ECF8 stacked layers.
+      masks: :func:`layer_masks` (every layer of a stacked projection, or none of it).
+    """
+    from ecf8_jax.nn import add_sparse_delta, linear_weights, merge_adapters
+
+    weights = linear_weights(model, where=lambda p, m: p in masks)
+    add_sparse_delta(model, masks)
+    for sub in sorted({p.split(".", 2)[2] for p in masks}):
+        node = model.layers.layer
+        for part in sub.split("."):
+            node = getattr(node, part)
+        rows, cols = np.asarray(node.rows[...]), np.asarray(node.cols[...])  # [layers, size]
+        values = np.zeros(rows.shape, np.float32)
+        for i in range(rows.shape[0]):
+            w, m = weights[f"layers.{i}.{sub}"], masks[f"layers.{i}.{sub}"]
+            if not m.any():
+                continue
+            mu = w[~m].astype(np.float64).mean()
+            live = rows[i] < w.shape[0]
+            values[i, live] = mu - w[rows[i, live], cols[i, live]]
+        node.values[...] = jnp.asarray(values)
+    return merge_adapters(model)
