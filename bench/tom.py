@@ -56,7 +56,7 @@ from training.tom import bon, false_belief, fisher, lm, pbm, rope, stories
 
 ORDERS = (1, 2, 3, 4)
 NS = (1, 4, 16, 64)
-DEFAULTS = dict(  # the recorded CPU run (BENCHMARKS.md): about 25 min on 2 shared cores
+DEFAULTS = dict(  # the recorded CPU run (BENCHMARKS.md): 31 + 28 min on 2 loaded cores
     train_stories=2,
     test_stories=2,
     samples=64,
