@@ -1,0 +1,1 @@
+"""Theory-of-mind tools."""
