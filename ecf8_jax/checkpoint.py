@@ -39,8 +39,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
-import uuid
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -50,6 +48,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from ecf8_jax.atomic import atomic_folder
 from ecf8_jax.errors import one_line
 from ecf8_jax.format.constants import SUPPORTED_VERSIONS
 from ecf8_jax.format.tensor import Ecf8Tensor, FormatError, validate, verify_checksums
@@ -338,25 +337,12 @@ def save(
         raise FileExistsError(f"{path} already exists (pass overwrite to replace it)")
     args = _save_args(tree, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    staging = path.with_name(f".{path.name}.ecf8-new-{tag}")
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    try:
-        checkpointer.save(staging, args=args)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for leftover in staging.parent.glob(f"{staging.name}.orbax-checkpoint-tmp*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        raise
-    finally:
-        checkpointer.close()
-    if path.exists():
-        old = path.with_name(f".{path.name}.ecf8-old-{tag}")
-        os.replace(path, old)
-        os.replace(staging, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, path)
+    with atomic_folder(path, overwrite=overwrite) as staging:
+        checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        try:
+            checkpointer.save(staging, args=args)
+        finally:
+            checkpointer.close()
     return path
 
 

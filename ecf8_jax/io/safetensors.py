@@ -1,4 +1,4 @@
-"""Reading safetensors files (a file, or a folder with ``model.safetensors[.index.json]``).
+"""Reading safetensors files (a file, or a model folder: index, else every ``*.safetensors``).
 
 Files go through :mod:`ecf8_jax.io.safetensors_raw`, the strict reader and writer (bfloat16 and
 FP8 come back as ``ml_dtypes`` arrays, bit for bit); this module adds model folders and
@@ -7,13 +7,13 @@ sharded indexes.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ecf8_jax.io import safetensors_raw
+from ecf8_jax.io.container import model_files
 
 
 def read_safetensors_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -30,25 +30,19 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Tensors of a ``.safetensors`` file or of a model folder (single file or sharded).
 
     A folder is read through ``model.safetensors.index.json`` when present (every shard it
-    names), else ``model.safetensors``.
+    names), else every ``*.safetensors`` file in it: the same resolver as ``ecf8 compress``
+    (:func:`ecf8_jax.io.container.model_files`).
 
     Raises:
-      FileNotFoundError: no safetensors file in the folder.
+      ContainerError: a malformed index, or no safetensors file in the folder.
     """
     path = Path(path)
     if path.is_file():
         return read_safetensors_file(path)
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        out = {}
-        for shard in shards:
-            out.update(read_safetensors_file(path / shard))
-        return out
-    single = path / "model.safetensors"
-    if not single.exists():
-        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
-    return read_safetensors_file(single)
+    out = {}
+    for shard in model_files(path)[0]:
+        out.update(read_safetensors_file(shard))
+    return out
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
