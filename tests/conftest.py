@@ -2,7 +2,15 @@
 
 The cache lives in ``<repo>/.cache/jax`` (git-ignored) so a second ``make test`` skips most XLA
 compiles. Cache keys include the jax/jaxlib versions, so ``.venv`` and ``.venv-oldest`` can share
-the folder. Set ``JAX_COMPILATION_CACHE_DIR`` to use another folder.
+the folder. Set ``JAX_COMPILATION_CACHE_DIR`` to use another folder. Under pytest-xdist
+(``make test`` runs ``-n 2 --dist loadfile``) each worker has its own subfolder (``gw0``,
+``gw1``): a file always lands on the same worker for the same set of files, so a rerun still
+finds its programs, and no two processes write one cache entry at once.
+
+The ``oldest`` marker selects what ``.venv-oldest`` (the oldest supported jax, flax, orbax and
+the torch references) runs: the areas where versions differ (see :data:`OLDEST_AREAS` and the
+Makefile), every ``torch`` test, and the tests marked ``@pytest.mark.oldest`` one by one as a
+smoke of the rest.
 
 This must run before the first jit compile, which is why it lives at the top of conftest.py.
 """
@@ -21,6 +29,18 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # No network at test time: Hugging Face libraries read local folders only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _CACHE_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(REPO_ROOT / ".cache" / "jax")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # set by pytest-xdist in each worker process
+    _CACHE_DIR = os.path.join(_CACHE_DIR, os.environ["PYTEST_XDIST_WORKER"])
+
+OLDEST_AREAS = (
+    "tests/pallas_kernels/",  # kernels and their lowering: Pallas changes between jax versions
+    "tests/format/",  # numerics of the encoder/decoder: bit-exact round trips, properties
+    "tests/test_checkpoint.py",  # Orbax storage and restore (orbax version-sensitive)
+    "tests/models/test_llama_vs_hf.py",  # torch parity (the Hugging Face reference)
+    "tests/nn/test_layers.py",  # the ECF8 layers in flax NNX (lowering, flax version)
+    "tests/test_import_structure.py",  # the import rules hold on every supported version
+)
+"""Paths (relative to the repository) whose tests also run in ``.venv-oldest``."""
 
 # (option, value). Both exist in jax 0.10.2 and 0.12; each update is tried on its own so a renamed
 # option in a future jax only loses that setting instead of breaking collection.
@@ -53,12 +73,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `gpu` tests without a GPU backend and `torch` tests without torch/zipnn installed."""
+    """Skip `gpu` tests without a GPU backend and `torch` tests without torch/zipnn installed;
+    mark `oldest` the tests in :data:`OLDEST_AREAS` and every `torch` test."""
     has_gpu = jax.default_backend() == "gpu"
     has_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "zipnn"))
     skip_gpu = pytest.mark.skip(reason="needs a GPU backend")
     skip_torch = pytest.mark.skip(reason="needs torch+zipnn (run in .venv-oldest)")
+    oldest = pytest.mark.oldest
     for item in items:
+        where = pathlib.Path(str(item.path)).resolve().relative_to(REPO_ROOT).as_posix()
+        if "torch" in item.keywords or any(where.startswith(a) for a in OLDEST_AREAS):
+            item.add_marker(oldest)
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
         if "torch" in item.keywords and not has_torch:

@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 
 from ecf8_jax.errors import one_line
+from ecf8_jax.io.safetensors import INDEX_NAME, model_files
 
 TOOL = "ecf8 compress"
 """The ``tool`` recorded in a packed checkpoint's user metadata (its name from the CLI)."""
 
-INDEX_NAME = "model.safetensors.index.json"
 FP8_NAMES = ("F8_E4M3", "F8_E5M2")
 CAST_MODES = ("fp8-row",)
 CAST_SOURCE_DTYPES = ("F32", "F16", "BF16")
@@ -86,39 +86,6 @@ class Source:
     index_text: str | None
 
 
-def model_files(folder: str | os.PathLike) -> tuple[list[Path], str | None]:
-    """The safetensors files of a model folder: the one resolver of the project.
-
-    With ``model.safetensors.index.json`` the shards it names (each must be a plain file name
-    and exist), else every ``*.safetensors`` file in the folder, sorted by name.
-
-    Returns:
-      ``(paths, index text or None)``.
-
-    Raises:
-      ContainerError: a malformed index, or no safetensors file.
-    """
-    folder = Path(folder)
-    index = folder / INDEX_NAME
-    if index.is_file():
-        text = index.read_text(encoding="utf-8")
-        try:
-            weight_map = json.loads(text)["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ContainerError(f"{index}: not a safetensors index (no weight_map)") from None
-        for shard in shards:
-            if not isinstance(shard, str) or Path(shard).name != shard:
-                raise ContainerError(f"{index}: shard name {shard!r} is not a file name")
-            if not (folder / shard).is_file():
-                raise ContainerError(f"{index}: names {shard}, which is missing")
-        return [folder / s for s in shards], text
-    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-    if not files:
-        raise ContainerError(f"{folder}: no *.safetensors files in this folder")
-    return files, None
-
-
 def resolve_source(src: str | os.PathLike) -> Source:
     """The :class:`Source` of a safetensors file, a model folder or a GGUF file."""
     src = Path(src)
@@ -128,7 +95,7 @@ def resolve_source(src: str | os.PathLike) -> Source:
         return Source("file", [(src.stem + ".safetensors", src)], None)
     if src.is_file():
         return Source("file", [(src.name, src)], None)
-    files, index_text = model_files(src)
+    files, index_text = model_files(src)  # the resolver io.safetensors reads folders with
     return Source("folder", [(p.name, p) for p in files], index_text)
 
 
@@ -213,6 +180,15 @@ def _exponent_stats(q: np.ndarray) -> dict:
     return {"exponent_histogram": hist.tolist(), "exponent_entropy": entropy_bits(hist)}
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("ecf8-jax")
+    except importlib.metadata.PackageNotFoundError:  # a checkout that is not installed
+        return "unknown"
+
+
 def _itemsize(dtype: str) -> int:
     from ecf8_jax.io import safetensors_raw as sr
 
@@ -254,7 +230,7 @@ def pack(
     """Packs a safetensors file, model folder or GGUF file into an ECF8 checkpoint at ``out``.
 
     Args:
-      src: a ``.safetensors`` file, a folder of them (see :func:`model_files`) or a ``.gguf``.
+      src: a ``.safetensors`` file, a folder of them (see :func:`ecf8_jax.io.safetensors.model_files`) or a ``.gguf``.
       out: the checkpoint folder to write (atomically).
       cast: None (lossless) or ``"fp8-row"`` (LOSSY, see the module docstring).
       chunk_steps: the ECF8 chunk size limit (:func:`ecf8_jax.encode`).
@@ -268,8 +244,8 @@ def pack(
       ContainerError: unreadable or inconsistent input, or a tensor that cannot be cast.
       FileExistsError: ``out`` exists and ``overwrite`` is false.
     """
-    import ecf8_jax
     from ecf8_jax import checkpoint
+    from ecf8_jax.format import encode
     from ecf8_jax.io import safetensors_raw as sr
 
     if cast is not None and cast not in CAST_MODES:
@@ -301,7 +277,7 @@ def pack(
                     arr = q
                     row["dtype"] = f"{info.dtype}->F8_E4M3 (lossy)"
                 if arr.dtype in fp8_dtypes:
-                    t = ecf8_jax.encode(arr, chunk_steps=chunk_steps, layout="flat")
+                    t = encode(arr, chunk_steps=chunk_steps, layout="flat")
                     tree[name] = t
                     meta.update(_exponent_stats(arr))
                     stored = t.nbytes + (scale.nbytes if meta.get("cast") else 0)
@@ -317,7 +293,7 @@ def pack(
 
     user = {
         "tool": TOOL,
-        "ecf8_jax_version": ecf8_jax.__version__,
+        "ecf8_jax_version": _version(),
         "cast": cast,
         "source": {
             "kind": source.kind,
@@ -371,9 +347,9 @@ class _Decoder:
     def __init__(self):
         import jax
 
-        import ecf8_jax
+        from ecf8_jax.codec import decode
 
-        self._decode = jax.jit(ecf8_jax.decode)
+        self._decode = jax.jit(decode)
 
     def __call__(self, t) -> np.ndarray:
         from ecf8_jax.codec import pad_stream
