@@ -134,8 +134,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def plot_checkpoint(rows: list[dict], path: Path) -> None:
+    """Writes :func:`checkpoint_figure` to ``path`` (atomically)."""
+    save_plot(checkpoint_figure(rows), path)
+
+
+def checkpoint_figure(rows: list[dict]):
     """Three panels that stay readable for hundreds of tensors: the exponent histogram of all
-    FP8 tensors, bits/weight and exponent entropy per layer, and the same per tensor kind."""
+    FP8 tensors, bits/weight and exponent entropy per layer (at most ~16 tick labels), and the
+    same per tensor kind (one label per kind, e.g. ``self_attn.q_proj.weight``)."""
     from ecf8_jax.io.container import group_rows
 
     plt = pyplot()
@@ -170,7 +176,7 @@ def plot_checkpoint(rows: list[dict], path: Path) -> None:
         kind_ax.legend()
     kind_ax.set(title="per tensor kind (all layers)", xlabel="bits")
     fig.tight_layout()
-    save_plot(fig, path)
+    return fig
 
 
 # ----------------------------------------------------------------------------- minilm and stats
