@@ -98,7 +98,7 @@ def check_lossless(fp8_model, ecf8_model) -> int:
     import ecf8_jax
     from ecf8_jax.nn import Ecf8Weight, Fp8Weight
 
-    fp8 = {p: v.value for p, v in nnx.iter_graph(fp8_model) if isinstance(v, Fp8Weight)}
+    fp8 = {p: v.get_value() for p, v in nnx.iter_graph(fp8_model) if isinstance(v, Fp8Weight)}
     checked = 0
     for path, var in nnx.iter_graph(ecf8_model):
         if not isinstance(var, Ecf8Weight):
@@ -106,7 +106,7 @@ def check_lossless(fp8_model, ecf8_model) -> int:
         name = ".".join(map(str, path))
         if path not in fp8:
             raise RuntimeError(f"{name}: no FP8 weight at this place in the raw model")
-        t, ref = var.value, np.asarray(fp8[path])
+        t, ref = var.get_value(), np.asarray(fp8[path])
         decode = ecf8_jax.decode
         for _ in range(ref.ndim - len(t.shape)):  # stacked layers
             decode = jax.vmap(decode)
