@@ -8,9 +8,9 @@ the folder. Set ``JAX_COMPILATION_CACHE_DIR`` to use another folder. Under pytes
 finds its programs, and no two processes write one cache entry at once.
 
 The ``oldest`` marker selects what ``.venv-oldest`` (the oldest supported jax, flax, orbax and
-the torch references) runs: the areas where versions differ (see :data:`OLDEST_AREAS` and the
-Makefile), every ``torch`` test, and the tests marked ``@pytest.mark.oldest`` one by one as a
-smoke of the rest.
+the torch references) runs: the areas where versions differ (:data:`OLDEST_AREAS`, also listed
+in the Makefile), every ``torch`` test, and a smoke of the rest (:data:`OLDEST_SMOKE`, or a test
+marked ``@pytest.mark.oldest`` itself).
 
 This must run before the first jit compile, which is why it lives at the top of conftest.py.
 """
@@ -41,6 +41,17 @@ OLDEST_AREAS = (
     "tests/test_import_structure.py",  # the import rules hold on every supported version
 )
 """Paths (relative to the repository) whose tests also run in ``.venv-oldest``."""
+
+OLDEST_SMOKE = (
+    "tests/cli/test_cli.py::test_decompress_reproduces_the_file_byte_for_byte",  # console script
+    "tests/models/test_llama.py::test_ecf8_logits_are_bit_identical_to_fp8_in_prefill",
+    "tests/nn/test_adapters.py::test_untrained_adapters_leave_the_logits_bit_identical_under_jit",
+    "tests/training/test_mezo.py::test_z_is_the_same_with_and_without_jit_vmap",  # PRNG numerics
+    "tests/training/test_mezo.py::test_step_does_not_retrace_after_the_first_call",
+    "tests/training/test_meerkat.py::test_server_virtual_paths_match_what_the_clients_computed",
+    "tests/io/test_container.py::test_a_model_folder_packs_verifies_and_unpacks_byte_for_byte",
+)
+"""Test ids (prefixes) run in ``.venv-oldest`` as a smoke of the areas outside OLDEST_AREAS."""
 
 # (option, value). Both exist in jax 0.10.2 and 0.12; each update is tried on its own so a renamed
 # option in a future jax only loses that setting instead of breaking collection.
@@ -82,7 +93,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     oldest = pytest.mark.oldest
     for item in items:
         where = pathlib.Path(str(item.path)).resolve().relative_to(REPO_ROOT).as_posix()
-        if "torch" in item.keywords or any(where.startswith(a) for a in OLDEST_AREAS):
+        node = where + "::" + item.name
+        if (
+            "torch" in item.keywords
+            or any(where.startswith(a) for a in OLDEST_AREAS)
+            or any(node.startswith(s) for s in OLDEST_SMOKE)
+        ):
             item.add_marker(oldest)
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
