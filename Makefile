@@ -53,7 +53,7 @@ VENV_STAMP := $(VENV)/$(STAMP_NAME)
 OLDEST_STAMP := $(VENV_OLDEST)/$(STAMP_NAME)
 INSTALL_DEPS := pyproject.toml constraints/extra_reqs.py constraints/check_env.py
 
-SRC_DIRS = $(wildcard ecf8_jax pallas_kernels training bench tests constraints)
+SRC_DIRS = $(wildcard ecf8_jax ecf8_cli pallas_kernels training bench tests constraints)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # pytest-xdist: one worker per core of the 2-core target machine; --dist loadfile keeps a file's
@@ -63,9 +63,10 @@ XDIST ?= -n 2 --dist loadfile
 # What .venv-oldest runs (oldest jax/flax/orbax, torch references): the version-sensitive areas
 # -- kernels and their lowering (tests/pallas_kernels), encoder/decoder numerics (tests/format),
 # Orbax checkpoints (tests/test_checkpoint.py), the NNX layers (tests/nn/test_layers.py), torch
-# parity (every `torch` test) and the import rules -- plus the tests marked `oldest` one by one
-# as a smoke of the rest. The list is OLDEST_AREAS in tests/conftest.py. Every other test runs
-# in .venv only.
+# parity (every `torch` test) and the import rules -- plus a smoke of the rest (the console
+# script round trip, Llama logits, adapters under jit, MeZO z and retracing, Meerkat replay, the
+# container API). tests/conftest.py holds both lists (OLDEST_AREAS, OLDEST_SMOKE) and adds the
+# `oldest` marker. Every other test runs in .venv only; `make test PYTEST_ARGS=...` reaches both.
 OLDEST_MARKERS ?= oldest
 
 PIP_FLAGS := --quiet --disable-pip-version-check
