@@ -57,9 +57,21 @@ VENV_STAMP := $(VENV)/$(STAMP_NAME)
 OLDEST_STAMP := $(VENV_OLDEST)/$(STAMP_NAME)
 INSTALL_DEPS := pyproject.toml constraints/extra_reqs.py constraints/check_env.py
 
-SRC_DIRS = $(wildcard ecf8_jax pallas_kernels training bench tests constraints)
+SRC_DIRS = $(wildcard ecf8_jax ecf8_cli pallas_kernels training bench tests constraints)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# pytest-xdist: one worker per core of the 2-core target machine; --dist loadfile keeps a file's
+# module-scoped fixtures (compressed checkpoints, tiny models) in one worker. XDIST='-n 0' runs
+# in one process.
+XDIST ?= -n 2 --dist loadfile
+# What .venv-oldest runs (oldest jax/flax/orbax, torch references): the version-sensitive areas
+# -- kernels and their lowering (tests/pallas_kernels), encoder/decoder numerics (tests/format),
+# Orbax checkpoints (tests/test_checkpoint.py), the NNX layers (tests/nn/test_layers.py), torch
+# parity (every `torch` test) and the import rules -- plus a smoke of the rest (the console
+# script round trip, Qwen3-style logits, LoRA gradients, MeZO z and retracing, Meerkat replay, the
+# container API). tests/conftest.py holds both lists (OLDEST_AREAS, OLDEST_SMOKE) and adds the
+# `oldest` marker. Every other test runs in .venv only; `make test PYTEST_ARGS=...` reaches both.
+OLDEST_MARKERS ?= oldest
 
 PIP_FLAGS := --quiet --disable-pip-version-check
 # This machine's pip.conf names extra index folders that are missing; pip warns once per package.
@@ -99,7 +111,8 @@ help:
 	@echo "make .venv         newest pins, Python 3.12 ($(or $(PYTHON312),not found: using python3))"
 	@echo "make .venv-oldest  oldest pins, Python 3.11, with torch+zipnn"
 	@echo "make demo          run 'ecf8 demo' in .venv"
-	@echo "make test          lint + pytest in .venv (-m 'not torch') and in .venv-oldest (all)"
+	@echo "make test          lint + pytest in .venv (-m 'not torch') and in .venv-oldest (-m oldest),"
+	@echo "                   each on 2 cores (pytest-xdist; XDIST='-n 0' for one process)"
 	@echo "                   PYTEST_ARGS='-k foo -x' is passed to both pytest runs"
 	@echo "make bench         python -m bench.compression in .venv-oldest (BENCH_ARGS=...)"
 	@echo "make lint          ruff check + ruff format --check"
@@ -128,10 +141,10 @@ format: .venv
 	$(VENV)/bin/ruff format $(SRC_DIRS)
 
 test: .venv .venv-oldest lint
-	@$(call describe,$(VENV)) && echo "=== pytest -m 'not torch' $(PYTEST_ARGS)"
-	$(VENV)/bin/python -m pytest -q -m "not torch" $(PYTEST_ARGS)
-	@$(call describe,$(VENV_OLDEST)) && echo "=== pytest (all markers) $(PYTEST_ARGS)"
-	$(VENV_OLDEST)/bin/python -m pytest -q $(PYTEST_ARGS)
+	@$(call describe,$(VENV)) && echo "=== pytest -m 'not torch' $(XDIST) $(PYTEST_ARGS)"
+	$(VENV)/bin/python -m pytest -q $(XDIST) -m "not torch" $(PYTEST_ARGS)
+	@$(call describe,$(VENV_OLDEST)) && echo "=== pytest -m '$(OLDEST_MARKERS)' $(XDIST) $(PYTEST_ARGS)"
+	$(VENV_OLDEST)/bin/python -m pytest -q $(XDIST) -m "$(OLDEST_MARKERS)" $(PYTEST_ARGS)
 
 bench: .venv-oldest
 	@$(call describe,$(VENV_OLDEST))

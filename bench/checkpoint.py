@@ -66,7 +66,7 @@ def corpus(limit: int | None) -> dict[str, np.ndarray]:
     """MiniLM's linear weights as per-row FP8 E4M3, by name (the first ``limit``)."""
     from ecf8_jax.models_data import minilm_linear_weights
 
-    weights = list(minilm_linear_weights().items())[:limit]
+    weights = minilm_linear_weights(limit).items()
     return {name: quantize_fp8(w, granularity="row")[0] for name, w in weights}
 
 

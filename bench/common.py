@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -167,7 +166,7 @@ def write_json(
     *,
     meta: Mapping[str, Any] | None = None,
 ) -> None:
-    """Writes ``{"meta": ..., "rows": [...]}`` to ``path``.
+    """Writes ``{"meta": ..., "rows": [...]}`` to ``path``, atomically.
 
     Args:
       path: output file (its parent directories are created).
@@ -177,4 +176,6 @@ def write_json(
     doc = {"meta": dict(meta) if meta is not None else run_metadata(), "rows": list(rows)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n")
+    from ecf8_jax.atomic import write_json as write_json_atomically
+
+    write_json_atomically(path, _jsonable(doc), allow_nan=False)

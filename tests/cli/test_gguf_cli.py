@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 
-from ecf8_jax import cli
+from ecf8_cli import cli
 from ecf8_jax.io import safetensors_raw as sr
 
 

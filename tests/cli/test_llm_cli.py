@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from ecf8_jax import cli
+from ecf8_cli import cli
 from ecf8_jax.io import gguf as gguf_io
 from ecf8_jax.io.gguf_tokenizer import gguf_tokenizer
 
@@ -66,8 +66,8 @@ def test_finetune_runs_mezo_over_the_frozen_base_and_writes_checkpoint_and_plot(
 ):
     from flax import nnx
 
+    from ecf8_cli.llm import load_causal_lm
     from ecf8_jax import checkpoint
-    from ecf8_jax.cli_llm import load_causal_lm
     from ecf8_jax.nn import compress_model
 
     out, png = tmp_path / "tuned", tmp_path / "curve.png"
@@ -111,8 +111,8 @@ def test_finetune_trains_only_the_adapters_and_saves_them_merged(tiny_llama, tmp
     import jax
     from flax import nnx
 
+    from ecf8_cli.llm import load_causal_lm
     from ecf8_jax import Ecf8Tensor, checkpoint, decode
-    from ecf8_jax.cli_llm import load_causal_lm
     from ecf8_jax.nn import compress_model
 
     out = tmp_path / adapter
