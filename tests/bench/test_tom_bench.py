@@ -53,3 +53,24 @@ def test_mean_replacement_on_an_ecf8_model_matches_the_float_rule_up_to_fp8_roun
         # rows whose largest weight is not masked keep their scale: unmasked FP8 values unchanged
         keep = ~m[np.arange(len(w)), np.abs(w).argmax(1)]
         np.testing.assert_array_equal(after[k][keep][~m[keep]], w[keep][~m[keep]])
+
+
+def test_any_llama_folder_the_loaders_read_can_be_given_by_path(tmp_path):
+    import argparse
+
+    import numpy as np
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from tests.io.test_hf_loader import CONFIG, llama_tensors, write_model
+
+    folder = tmp_path / "llama"
+    write_model(folder, llama_tensors(np.random.default_rng(0), fp8=None), CONFIG)
+    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, 64)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    model, encode, piece, name = tom.load(argparse.Namespace(tiny=False, model=str(folder)))
+    ids = encode("w3 w5 w7")
+    assert ids == [3, 5, 7] and piece(5) == "w5" and "llama" in name
+    logits, _ = model(np.asarray([ids], np.int32))
+    assert logits.shape == (1, 3, 64) and np.isfinite(np.asarray(logits)).all()
