@@ -241,6 +241,14 @@ def validate(t: Ecf8Tensor) -> Ecf8Tensor:
         raise FormatError("code_lengths: over-subscribed (Kraft sum > 1), not a prefix code")
     if n > 0 and not lengths.any():
         raise FormatError(f"code_lengths: no symbol present for {n} weights")
+    _check_offsets(offsets, s * LANES, 2 * stream.shape[0], "units",
+                   f"{stream.shape[0]} words hold {2 * stream.shape[0]} units")  # fmt: skip
+    return t
+
+
+def _check_offsets(offsets, most: int, available: int, unit: str, stream_says: str) -> None:
+    """Offsets start at 0, never decrease, give no chunk more than ``most`` and end within the
+    ``available`` units of the stream (both versions; ``unit`` names what they count)."""
     off = offsets.astype(np.int64)
     if off[0] != 0:
         raise FormatError(f"chunk_offsets[0] = {off[0]}, expected 0")
@@ -248,15 +256,13 @@ def validate(t: Ecf8Tensor) -> Ecf8Tensor:
     if (sizes < 0).any():
         bad = int(np.argmax(sizes < 0))
         raise FormatError(f"chunk_offsets decrease at chunk {bad}: {off[bad]} > {off[bad + 1]}")
-    if (sizes > s * LANES).any():
-        bad = int(np.argmax(sizes > s * LANES))
-        raise FormatError(f"chunk {bad} holds {sizes[bad]} units, more than {s * LANES}")
-    if off[-1] > 2 * stream.shape[0]:
+    if (sizes > most).any():
+        bad = int(np.argmax(sizes > most))
+        raise FormatError(f"chunk {bad} holds {sizes[bad]} {unit}, more than {most}")
+    if off[-1] > available:
         raise FormatError(
-            f"stream: {stream.shape[0]} words hold {2 * stream.shape[0]} units, "
-            f"but chunk_offsets end at unit {off[-1]} (truncated?)"
+            f"stream: {stream_says}, but chunk_offsets end at {unit[:-1]} {off[-1]} (truncated?)"
         )
-    return t
 
 
 def _validate_v2(t, stream, offsets, raw, lengths, checksums) -> None:
@@ -283,21 +289,8 @@ def _validate_v2(t, stream, offsets, raw, lengths, checksums) -> None:
     if n > 0 and not lengths.any(axis=1).all():
         bad = int(np.argmax(~lengths.any(axis=1)))
         raise FormatError(f"code_lengths: chunk {bad} has no symbol present")
-    off = offsets.astype(np.int64)
-    if off[0] != 0:
-        raise FormatError(f"chunk_offsets[0] = {off[0]}, expected 0")
-    sizes = np.diff(off)
-    if (sizes < 0).any():
-        bad = int(np.argmax(sizes < 0))
-        raise FormatError(f"chunk_offsets decrease at chunk {bad}: {off[bad]} > {off[bad + 1]}")
-    most = grouped.max_chunk_words(s)
-    if (sizes > most).any():
-        bad = int(np.argmax(sizes > most))
-        raise FormatError(f"chunk {bad} holds {sizes[bad]} words, more than {most}")
-    if off[-1] > stream.shape[0]:
-        raise FormatError(
-            f"stream: {stream.shape[0]} words, but chunk_offsets end at word {off[-1]} (truncated?)"
-        )
+    _check_offsets(offsets, grouped.max_chunk_words(s), stream.shape[0], "words",
+                   f"{stream.shape[0]} words")  # fmt: skip
 
 
 def verify_checksums(t: Ecf8Tensor) -> Ecf8Tensor:

@@ -49,7 +49,8 @@ def _exclusive_prefix(x):
     return inclusive - x
 
 
-def _take_lanes(row_block, index):
+def take_lanes(row_block, index):
+    """``row_block[i, index[i, j]]``: a lane gather within each row (Mosaic's dynamic gather)."""
     return jnp.take_along_axis(row_block, index, axis=1, mode="promise_in_bounds")
 
 
@@ -85,15 +86,13 @@ def _decode_kernel(
         )
         rel = jnp.clip(word_pos - first * ROW_WORDS, 0, 2 * ROW_WORDS - 1)
         lane_index = rel & (ROW_WORDS - 1)
-        word = jnp.where(
-            rel < ROW_WORDS, _take_lanes(low, lane_index), _take_lanes(high, lane_index)
-        )
+        word = jnp.where(rel < ROW_WORDS, take_lanes(low, lane_index), take_lanes(high, lane_index))
         return split_unit(word, pos)
 
     ops = LaneOps(
         exclusive_prefix=_exclusive_prefix,
         fetch=fetch,
-        lookup=lambda index: _take_lanes(symbols, index),
+        lookup=lambda index: take_lanes(symbols, index),
     )
 
     base = jnp.zeros((SUBLANES, 1), jnp.int32)

@@ -36,18 +36,28 @@ from pallas_kernels.grouped_decode.reference import (
 )
 
 
-def _decode_kernel(
-    offsets_ref, threshold_ref, stream_ref, raw_ref, lut_ref, out_ref, *, half_groups
-):
-    c = pl.program_id(0)
-    lanes = raw_ref.shape[-1]
-    num_words = stream_ref.shape[0]
-    threshold = jnp.full((1,), threshold_ref[c], jnp.int32)
+def chunk_setup(c, offsets_ref, threshold_ref, stream_ref, lut_ref, lanes):
+    """``(ops, threshold, initial state)`` of chunk ``c`` in a Triton program: the lane scan
+    is ``jnp.cumsum``; stream words and the chunk's table entries are gather loads."""
     table = c * LUT_SIZE
     ops = GroupOps(
         exclusive_prefix=lambda x: jnp.cumsum(x, axis=-1) - x,
         fetch=lambda pos: stream_ref[pos],
         lookup=lambda peek: lut_ref[table + peek],
+    )
+    zeros = jnp.zeros((lanes,), jnp.uint32)
+    state = (zeros, zeros, jnp.zeros((lanes,), jnp.int32),
+             jnp.full((1,), offsets_ref[c], jnp.int32))  # fmt: skip
+    return ops, jnp.full((1,), threshold_ref[c], jnp.int32), state
+
+
+def _decode_kernel(
+    offsets_ref, threshold_ref, stream_ref, raw_ref, lut_ref, out_ref, *, half_groups
+):
+    c = pl.program_id(0)
+    num_words = stream_ref.shape[0]
+    ops, threshold, init = chunk_setup(
+        c, offsets_ref, threshold_ref, stream_ref, lut_ref, raw_ref.shape[-1]
     )
 
     def body(h, carry):
@@ -61,9 +71,6 @@ def _decode_kernel(
             out_ref[c, g, :] = out
         return hi, lo, nbits, base
 
-    zeros = jnp.zeros((lanes,), jnp.uint32)
-    init = (zeros, zeros, jnp.zeros((lanes,), jnp.int32),
-            jnp.full((1,), offsets_ref[c], jnp.int32))  # fmt: skip
     lax.fori_loop(0, half_groups, body, init)
 
 

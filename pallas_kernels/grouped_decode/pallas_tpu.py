@@ -13,7 +13,7 @@ clamped inside the stream.
 Backend: Pallas -> Mosaic TPU. A program decodes 8 chunks at once, one per sublane of an
 (8, 128) vreg. Their words are contiguous in the stream, at most ``2 * S`` rows of 128 words;
 the program copies them (plus two spare rows) from HBM into a VMEM window. The exclusive lane
-prefix sum is a log-step scan of ``pltpu.roll`` and ``jnp.where``. A group's refills of one
+prefix sum is one MXU matmul with a triangular ones matrix. A group's refills of one
 chunk lie within 128 words of its next word, so each chunk reads two window rows at a scalar
 row offset and every lane picks its word with ``take_along_axis``; the chunk's table is two
 128-lane rows of an (8, 256) block read the same way.
@@ -29,6 +29,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels.ecf8_decode.pallas_tpu import take_lanes
 from pallas_kernels.grouped_decode.config import BlockSizes
 from pallas_kernels.grouped_decode.reference import (
     LUT_SIZE,
@@ -49,17 +50,6 @@ def window_rows(chunks: int, steps: int, stream_rows: int) -> int:
     return min(chunks * (steps // 4 + 2) + SPARE_ROWS, stream_rows)
 
 
-def _exclusive_prefix(x):
-    lane = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    inclusive = x
-    shift = 1
-    while shift < x.shape[-1]:
-        rolled = pltpu.roll(inclusive, shift, x.ndim - 1)
-        inclusive = inclusive + jnp.where(lane >= shift, rolled, 0)
-        shift *= 2
-    return inclusive - x
-
-
 def _exclusive_prefix_mxu(x):
     """Exclusive lane prefix sum of small non-negative ints as one (rows, 128) @ (128, 128)
     matmul with a strictly-upper-triangular ones matrix: exact (sums <= 128 in float32)."""
@@ -68,10 +58,6 @@ def _exclusive_prefix_mxu(x):
     tri = (k < l).astype(jnp.float32)
     out = jnp.dot(x.astype(jnp.float32), tri, preferred_element_type=jnp.float32)
     return out.astype(jnp.int32)
-
-
-def _take_lanes(row_block, index):
-    return jnp.take_along_axis(row_block, index, axis=1, mode="promise_in_bounds")
 
 
 def _decode_kernel(
@@ -116,15 +102,11 @@ def _decode_kernel(
         high = jnp.concatenate([window[pl.ds(row[i, 0] + 1, 1), :] for i in range(block)], 0)
         rel = jnp.clip(pos - row * ROW_WORDS, 0, 2 * ROW_WORDS - 1)
         lane_index = rel & (ROW_WORDS - 1)
-        return jnp.where(
-            rel < ROW_WORDS, _take_lanes(low, lane_index), _take_lanes(high, lane_index)
-        )
+        return jnp.where(rel < ROW_WORDS, take_lanes(low, lane_index), take_lanes(high, lane_index))
 
     def lookup(peek):
         index = peek & (ROW_WORDS - 1)
-        return jnp.where(
-            peek < ROW_WORDS, _take_lanes(lut_low, index), _take_lanes(lut_high, index)
-        )
+        return jnp.where(peek < ROW_WORDS, take_lanes(lut_low, index), take_lanes(lut_high, index))
 
     ops = GroupOps(exclusive_prefix=_exclusive_prefix_mxu, fetch=fetch, lookup=lookup)
 

@@ -27,13 +27,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.grouped_decode.reference import (
-    GROUP,
-    LUT_SIZE,
-    GroupOps,
-    decode_group,
-    kernel_arrays,
-)
+from pallas_kernels.grouped_decode.pallas_gpu import chunk_setup
+from pallas_kernels.grouped_decode.reference import GROUP, decode_group, kernel_arrays
 
 LANES = 128
 GROUP_WEIGHTS = GROUP * LANES  # 512 consecutive weights of one row per group
@@ -76,14 +71,9 @@ def _fused_kernel(
     *, rows, groups_per_row, fp8_dtype,
 ):  # fmt: skip
     c = pl.program_id(0)
-    lanes = raw_ref.shape[-1]
     num_words = stream_ref.shape[0]
-    threshold = jnp.full((1,), threshold_ref[c], jnp.int32)
-    table = c * LUT_SIZE
-    ops = GroupOps(
-        exclusive_prefix=lambda x: jnp.cumsum(x, axis=-1) - x,
-        fetch=lambda pos: stream_ref[pos],
-        lookup=lambda peek: lut_ref[table + peek],
+    ops, threshold, state = chunk_setup(
+        c, offsets_ref, threshold_ref, stream_ref, lut_ref, raw_ref.shape[-1]
     )
 
     def next_word(g, state):
@@ -94,9 +84,6 @@ def _fused_kernel(
         )
         return word, (hi, lo, nbits, base)
 
-    zeros = jnp.zeros((lanes,), jnp.uint32)
-    state = (zeros, zeros, jnp.zeros((lanes,), jnp.int32),
-             jnp.full((1,), offsets_ref[c], jnp.int32))  # fmt: skip
     _gemv_body(x_ref, scale_ref, out_ref, c, rows, groups_per_row, fp8_dtype, next_word, state)
 
 
