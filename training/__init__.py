@@ -14,6 +14,9 @@ calls the user's ``loss_fn(params, batch)``.
 - :mod:`training.perturb`: the definition of z (Gaussian, or Rademacher with
   ``distribution="rademacher"``), regenerated from a key, leaf by leaf.
 - :mod:`training.meerkat`: federated sparse ZO (Meerkat) simulated with ``jax.vmap`` clients.
+- :mod:`training.valuation` (LinFiK: exact, forward-only, ground truth), :mod:`training.alinfik`
+  (the student), :mod:`training.rephrase` (OAT-Rephrase prompt and judge),
+  :mod:`training.tasks.sentences` (the sentence task).
 """
 
 from training import meerkat
@@ -36,6 +39,7 @@ from training.mezo import (
     replay,
     restore_outside_mask,
     step_key,
+    zo_directional,
     zo_gradient,
     zo_update,
 )
@@ -72,6 +76,7 @@ __all__ = [
     "step_key",
     "top_k_mask",
     "zo_adam",
+    "zo_directional",
     "zo_gradient",
     "zo_sgd",
     "zo_update",
