@@ -527,7 +527,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
         target = finetune.take(dev, np.arange(min(args.target_size, len(dev[2]))))
         start = time.perf_counter()
         tgrad = valuation.target_gradient(sparse_loss, values0, target)
-        values = valuation.linfik(sparse_loss, values0, pool, target, chunk=16, target_grad=tgrad)
+        values = valuation.linfik(sparse_loss, values0, pool, target, chunk=8, target_grad=tgrad)
         exact_s = time.perf_counter() - start
         print(f"exact LinFiK on {len(values)} samples: {exact_s:.0f} s", flush=True)
         features = np.concatenate(
@@ -552,7 +552,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
             key=jax.random.key(seed + 7),
             num_samples=args.zo_directions,
             eps=args.eps,
-            chunk=16,
+            chunk=8,
             distribution=args.distribution,
         )
         zo_s = time.perf_counter() - start
@@ -633,7 +633,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
             configs.append(("SmolLM2-135M", dataclasses.asdict(d.config)))
             configs.append(("SmolLM2-1.7B shape", LARGE_CONFIG))
         for name, cfg in configs:
-            row = dict(model=name, **linfik_program_cost(cfg, 16, seq))
+            row = dict(model=name, **linfik_program_cost(cfg, 8, seq))
             if name == ("tiny Llama (2 x 64)" if args.tiny else "SmolLM2-135M"):
                 row["measured_s_per_sample"] = exact_s / len(values)
             emit("cost", row)
@@ -799,7 +799,7 @@ COST = [
     ("model", "model", ""),
     ("params", "params", ","),
     ("flops_per_sample", "exact LinFiK FLOPs / sample", ".3g"),
-    ("temp_bytes", "temp bytes (chunk of 16)", ",.0f"),
+    ("temp_bytes", "temp bytes (chunk of 8)", ",.0f"),
     ("arg_bytes", "argument bytes", ",.0f"),
     ("measured_s_per_sample", "measured s / sample", ".3f"),
 ]

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from training.mezo import mezo_value_and_grad, zo_directional
+from training.mezo import lean_compiler_options, mezo_value_and_grad, zo_directional
 from training.perturb import DEFAULT_CHUNK_SIZE, DEFAULT_DISTRIBUTION, mask_leaves
 
 PyTree = Any
@@ -98,6 +98,7 @@ def linfik(
     mask: PyTree | None = None,
     chunk: int = 8,
     target_grad: PyTree | None = None,
+    compiler_options: dict | None = None,
 ) -> np.ndarray:
     """Exact LinFiK values ``⟨∇L_T(θ), ∇ℓ(z_i; θ)⟩`` of every pool sample.
 
@@ -109,6 +110,9 @@ def linfik(
       mask: optional trainable mask (bool pytree like ``params``): values in that subspace.
       chunk: samples per forward-mode pass (memory: ``chunk`` forward passes with tangents).
       target_grad: ``∇L_T`` if already computed (else :func:`target_gradient`).
+      compiler_options: XLA options; default :func:`training.lean_compiler_options`
+        (memory-optimised scheduling on CPU: without it XLA:CPU keeps several parameter-sized
+        tangents alive at once, 10 GB on SmolLM2-135M).
 
     Returns:
       float64 ``[N]``; the first-order ΔL_T of an SGD step of size η on sample i is
@@ -118,7 +122,7 @@ def linfik(
     g = jax.tree.map(lambda t, p: jnp.asarray(t, jnp.result_type(p)), masked(g, mask), params)
     chunks, n = _chunks(pool, chunk)
 
-    @jax.jit
+    @_lean_jit(compiler_options)
     def values(params, g, chunks):
         def one(c):
             return jax.jvp(lambda p: per_sample_losses(loss_fn, p, c), (params,), (g,))[1]
@@ -126,6 +130,11 @@ def linfik(
         return jax.lax.map(one, chunks)
 
     return np.asarray(values(params, g, chunks), np.float64).reshape(-1)[:n]
+
+
+def _lean_jit(compiler_options):
+    options = lean_compiler_options() if compiler_options is None else dict(compiler_options)
+    return lambda fn: jax.jit(fn, compiler_options=options or None)
 
 
 class ZoValues(NamedTuple):
@@ -188,7 +197,7 @@ def linfik_zo(
     chunks, n = _chunks(pool, chunk)
     exact = target_grad is not None
 
-    @jax.jit
+    @_lean_jit(None)
     def directions(params, target, chunks, keys, tgrad):
         def one(key_k):
             if exact:
@@ -228,7 +237,7 @@ def sgd_delta(
     n = pool_size(pool)
     arrays = jax.tree.map(jnp.asarray, pool)
 
-    @jax.jit
+    @_lean_jit(None)
     def deltas(params, arrays, target):
         base = loss_fn(params, target).astype(jnp.float32)
 
