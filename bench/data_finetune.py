@@ -44,8 +44,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -123,6 +125,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rewriter-tokens", type=int, help="oat: new tokens per rephrasing")
     g.add_argument("--judge-threshold", type=float, help="oat: minimum MiniLM cosine")
     g.add_argument("--student-steps", type=int, help="ALinFiK student: Adam steps")
+    g.add_argument("--oat-cache", default=None, help="oat: JSON file keeping the rephrasings")
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
@@ -186,15 +189,13 @@ class Data:
         self.s = finetune.Setup(name, graphdef, params, rest, label_ids, data, [])
 
     def arrays(self, items, label_ids=None):
-        """``(tokens, last, labels)`` of sentences at the common width (rephrasings may be
-        longer: the width grows to fit, and the caller re-pads)."""
+        """``(tokens, last, labels)`` of sentences, padded to the common width or, for longer
+        prompts (rephrasings), to their own."""
         label_ids = self.s.label_ids if label_ids is None else label_ids
         b = sentences.make_prompt_batch(items, self.encode, label_ids, None)
         tokens = b.tokens
-        if tokens.shape[1] <= self.width:
+        if tokens.shape[1] < self.width:
             tokens = np.pad(tokens, ((0, 0), (0, self.width - tokens.shape[1])))
-        else:
-            raise ValueError(f"a prompt is longer than the width {self.width}")
         return tokens, b.last, b.labels
 
 
@@ -219,8 +220,10 @@ def subset(data, idx):
 
 
 def concat(*parts):
-    """Rows of several triples, one after another."""
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+    """Rows of several triples, one after another (tokens padded to the widest)."""
+    width = max(p[0].shape[1] for p in parts)
+    tokens = np.concatenate([np.pad(p[0], ((0, 0), (0, width - p[0].shape[1]))) for p in parts])
+    return (tokens, *(np.concatenate([p[i] for p in parts]) for i in (1, 2)))
 
 
 # --------------------------------------------------------------------------- text models
@@ -689,8 +692,20 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
         tm = TextModels(d)
         items = d.pool[: args.oat_instances]
         start = time.perf_counter()
-        candidates = tm.rephrase([x.text for x in items], args.oat_k, args.rewriter_tokens, seed)
-        gen_s = time.perf_counter() - start
+        cache = Path(args.oat_cache) if args.oat_cache else None
+        key = [args.model, [x.text for x in items], args.oat_k, args.rewriter_tokens, seed]
+        if cache is not None and cache.exists() and json.loads(cache.read_text())["key"] == key:
+            saved = json.loads(cache.read_text())
+            candidates, gen_s = saved["candidates"], saved["generate_s"]
+        else:
+            candidates = tm.rephrase(
+                [x.text for x in items], args.oat_k, args.rewriter_tokens, seed
+            )
+            gen_s = time.perf_counter() - start
+            if cache is not None:
+                cache.write_text(
+                    json.dumps(dict(key=key, candidates=candidates, generate_s=gen_s), indent=1)
+                )
         flat = [c for cs in candidates for c in cs]
         originals = [x.text for x in items]
         emb_o, emb_c = tm.embed(originals), tm.embed([c or "-" for c in flat])
@@ -721,12 +736,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
                             reason=verdict.reason,
                         )
                     )
-        fits = []
-        for a in accepted:
-            try:
-                fits.append((a, d.arrays([a])))
-            except ValueError:
-                reasons["too long"] = reasons.get("too long", 0) + 1
+        fits = [(a, d.arrays([a])) for a in accepted]
         rate = len(fits) / max(1, len(flat))
         print(
             f"OAT: {len(flat)} rephrasings in {gen_s:.0f} s; kept {len(fits)} ({rate:.2f}); {reasons}",
