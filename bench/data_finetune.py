@@ -125,6 +125,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rewriter-tokens", type=int, help="oat: new tokens per rephrasing")
     g.add_argument("--judge-threshold", type=float, help="oat: minimum MiniLM cosine")
     g.add_argument("--student-steps", type=int, help="ALinFiK student: Adam steps")
+    g.add_argument("--linfik-mode", default="vjp", choices=["jvp", "vjp"],
+                   help="exact LinFiK in forward or reverse mode (jvp ran out of memory on SmolLM2's sparse delta)")  # fmt: skip
     g.add_argument("--oat-cache", default=None, help="oat: JSON file keeping the rephrasings")
 
 
@@ -530,7 +532,9 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
         target = finetune.take(dev, np.arange(min(args.target_size, len(dev[2]))))
         start = time.perf_counter()
         tgrad = valuation.target_gradient(sparse_loss, values0, target)
-        values = valuation.linfik(sparse_loss, values0, pool, target, chunk=8, target_grad=tgrad)
+        values = valuation.linfik(
+            sparse_loss, values0, pool, target, chunk=8, target_grad=tgrad, mode=args.linfik_mode
+        )
         exact_s = time.perf_counter() - start
         print(f"exact LinFiK on {len(values)} samples: {exact_s:.0f} s", flush=True)
         features = np.concatenate(
@@ -569,7 +573,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
                 )
             )(keys)
         )
-        estimates = {"exact (jvp)": (v, None)}
+        estimates = {f"exact ({args.linfik_mode})": (v, None)}
         ks = sorted({max(1, args.zo_directions // 4), args.zo_directions})
         for k in ks:
             estimates[f"ZO two-point, K={k}"] = ((zo.pool[:, :k] * zo.target[:k]).mean(1), k)

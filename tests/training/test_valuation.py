@@ -129,10 +129,11 @@ def test_zo_linfik_with_an_exact_target_gradient_is_gradip_and_unbiased():
     np.testing.assert_allclose(two_point.target, est.target[:4], rtol=1e-3, atol=1e-4)
 
 
-def test_masked_linfik_counts_only_the_trainable_subspace():
+@pytest.mark.parametrize("mode", ["jvp", "vjp"])
+def test_masked_linfik_counts_only_the_trainable_subspace(mode):
     loss_fn, params, pool, target = quadratic_task()
     mask = {"w": np.arange(6) < 3, "b": False}
-    values = valuation.linfik(loss_fn, params, pool, target, mask=mask)
+    values = valuation.linfik(loss_fn, params, pool, target, mask=mask, mode=mode, chunk=2)
     g_t = jax.grad(loss_fn)(params, target)
     for i in range(2):
         g_i = jax.grad(loss_fn)(params, (pool[0][i : i + 1], pool[1][i : i + 1]))
