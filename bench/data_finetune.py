@@ -497,17 +497,17 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
         )
 
     seed = args.seeds[0]
+    zero_shot = dict(
+        method="zero-shot",
+        data="-",
+        steps=0,
+        dev_acc=finetune.accuracy(correct_fn, s.params, dev),
+        test_acc=zero_shot_test,
+    )
+    for part in ("sentences", "selection", "oat"):  # every quality table starts from zero-shot
+        if part in wanted:
+            emit(part, dict(zero_shot))
     if "sentences" in wanted:
-        emit(
-            "sentences",
-            dict(
-                method="zero-shot",
-                data="-",
-                steps=0,
-                dev_acc=finetune.accuracy(correct_fn, s.params, dev),
-                test_acc=zero_shot_test,
-            ),
-        )
         p, wall, losses = train_mezo(pool, args.steps, seed)
         emit(
             "sentences",
@@ -851,10 +851,10 @@ def render(tables: dict[str, list[dict]], args: argparse.Namespace) -> str:
     if tables["oat"]:
         cols = QUALITY[:2] + [("size", "examples", "")] + QUALITY[2:]
         out += ["", finetune.markdown_table(tables["oat"], cols)]
-        r = tables["oat"][0]
-        out += ["", f"Rephrasings: {r['generated']} generated, {r['accepted']} accepted "
-                f"(rate {r['accept_rate']:.2f}); reasons {r['reasons']}."]  # fmt: skip
-        curve_rows = [dict(data=t["data"], **c) for t in tables["oat"] for c in t["curve"]]
+        for r in [r for r in tables["oat"] if "generated" in r][:1]:
+            out += ["", f"Rephrasings: {r['generated']} generated, {r['accepted']} accepted "
+                    f"(rate {r['accept_rate']:.2f}); reasons {r['reasons']}."]  # fmt: skip
+        curve_rows = [dict(data=t["data"], **c) for t in tables["oat"] for c in t.get("curve", ())]
         if curve_rows:
             out += ["", finetune.markdown_table(curve_rows, [
                 ("data", "training data", ""), ("step", "step", ""),
