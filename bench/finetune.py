@@ -123,6 +123,7 @@ TINY = dict(
     local_steps=2,
 )
 EVAL_BATCH = 64
+DATA_PARTS = ("sentences", "linfik", "selection", "oat")  # bench/data_finetune.py
 
 
 # --------------------------------------------------------------------------- model and data
@@ -710,14 +711,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "fed-sparse",
             "fed-full",
             "scale",
+            *DATA_PARTS,
         ],
-        help="run only these parts",
+        help="run only these parts (sentences, linfik, selection, oat: bench/data_finetune.py)",
     )
     p.add_argument(
         "--markdown", default=None, metavar="FILE", help="rewrite tables here as rows finish"
     )
     add_json_arg(p)
+    from bench import data_finetune  # the sentence-task parts (it imports this module)
+
+    data_finetune.add_args(p)
     args = p.parse_args(argv)
+    if args.only and set(args.only) & set(DATA_PARTS) and set(args.only) - set(DATA_PARTS):
+        p.error(f"run {', '.join(DATA_PARTS)} separately from the polarity parts")
     base = dict(DEFAULTS, **TINY) if args.tiny else dict(DEFAULTS)
     base.setdefault("train_words", None)
     base.setdefault("test_words", None)
@@ -732,6 +739,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
     """Runs the benchmark; returns ``{"quality": rows, "federated": rows, "scale": rows}``."""
     args = parse_args(argv)
+    if args.only and set(args.only) <= set(DATA_PARTS):
+        from bench import data_finetune
+
+        return data_finetune.run(args, set(args.only))
     wanted = set(
         args.only or ["zero-shot", "mezo-sparse", "adam", "mezo-full", "fed-sparse", "fed-full"]
     )

@@ -16,6 +16,9 @@ calls the user's ``loss_fn(params, batch)``.
 - :mod:`training.meerkat`: federated sparse ZO (Meerkat) simulated with ``jax.vmap`` clients.
 - :mod:`training.federated`: the same programs over Flower's gRPC transport, a server and K
   client processes (the ``federated`` extra; not imported here).
+- :mod:`training.valuation` (LinFiK: exact, forward-only, ground truth), :mod:`training.alinfik`
+  (the student), :mod:`training.rephrase` (OAT-Rephrase prompt and judge),
+  :mod:`training.tasks.sentences` (the sentence task).
 """
 
 from training import meerkat
@@ -38,6 +41,7 @@ from training.mezo import (
     replay,
     restore_outside_mask,
     step_key,
+    zo_directional,
     zo_gradient,
     zo_update,
 )
@@ -74,6 +78,7 @@ __all__ = [
     "step_key",
     "top_k_mask",
     "zo_adam",
+    "zo_directional",
     "zo_gradient",
     "zo_sgd",
     "zo_update",

@@ -44,12 +44,11 @@ import numpy as np
 import optax
 
 from training.masks import mask_count
-from training.mezo import mezo_value_and_grad, zo_update
+from training.mezo import mezo_value_and_grad, zo_directional, zo_update
 from training.perturb import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DISTRIBUTION,
     check_distribution,
-    map_with_z,
 )
 
 PyTree = Any
@@ -166,21 +165,6 @@ class FederatedResult(NamedTuple):
     uplink_bytes: int
     downlink_bytes: int
     dense_bytes: int
-
-
-def _directional(
-    grad_tree: PyTree, key: Array, mask: PyTree, chunk_size: int, distribution: str
-) -> Array:
-    """``⟨grad_tree, z⟩`` for the z of ``key`` (regenerated, zero outside the mask)."""
-    products = map_with_z(
-        lambda g, z, m: jnp.zeros((), jnp.float32) if z is None else g.astype(jnp.float32) * z,
-        key,
-        grad_tree,
-        mask=mask,
-        chunk_size=chunk_size,
-        distribution=distribution,
-    )
-    return sum(jnp.sum(x) for x in jax.tree.leaves(products))
 
 
 class MeerkatPrograms(NamedTuple):
@@ -304,7 +288,13 @@ def meerkat_programs(
                     jnp.arange(local_steps, dtype=jnp.uint32)
                 )
                 dots = jax.lax.map(
-                    lambda k: _directional(pretrain_grad, k, mask, chunk_size, distribution),
+                    lambda k: zo_directional(
+                        pretrain_grad,
+                        k,
+                        mask=mask,
+                        chunk_size=chunk_size,
+                        distribution=distribution,
+                    ),
                     keys,
                 )
                 return jnp.mean(g_row * dots)

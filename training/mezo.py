@@ -224,6 +224,32 @@ def zo_gradient(
     return cast(jax.tree.map(lambda t: t / n, total))
 
 
+def zo_directional(
+    tree: PyTree,
+    key: Array,
+    *,
+    mask: PyTree | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distribution: str = DEFAULT_DISTRIBUTION,
+) -> Array:
+    """``⟨tree, z⟩`` for the z of ``key`` (regenerated, zero outside ``mask``): float32 scalar.
+
+    With ``tree`` an exact gradient this is the projected gradient a two-point estimate measures
+    along the same z, up to O(ε²). Meerkat's GradIP and LinFiK's ZO estimator
+    (:func:`training.valuation.linfik_zo`) pair it with the projected gradients of a run:
+    ``E_z[g·⟨tree, z⟩] = ⟨∇L, tree⟩`` because ``E[zzᵀ] = I``.
+    """
+    products = map_with_z(
+        lambda g, z, m: jnp.zeros((), Z_DTYPE) if z is None else g.astype(Z_DTYPE) * z,
+        key,
+        tree,
+        mask=mask,
+        chunk_size=chunk_size,
+        distribution=check_distribution(distribution),
+    )
+    return sum(jnp.sum(x) for x in jax.tree.leaves(products))
+
+
 def restore_outside_mask(new_params: PyTree, params: PyTree, mask: PyTree | None) -> PyTree:
     """``new_params`` inside the mask, ``params`` (bit for bit) outside it."""
     if mask is None:
@@ -496,6 +522,7 @@ __all__ = [
     "replay",
     "restore_outside_mask",
     "step_key",
+    "zo_directional",
     "zo_gradient",
     "zo_update",
 ]
