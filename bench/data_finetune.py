@@ -56,7 +56,7 @@ import numpy as np
 from flax import nnx
 
 import training
-from bench import finetune
+from bench import finetune_common as finetune
 from bench.common import run_metadata, write_json
 from training import alinfik, rephrase, valuation
 from training.tasks import sentences

@@ -51,28 +51,31 @@ import numpy as np
 
 import ecf8_jax
 from bench.common import Column, add_json_arg, format_table, median_time, run_metadata, write_json
-from ecf8_jax.format.codebook import canonical_tables
-from ecf8_jax.format.encoder import choose_chunk_steps
-from pallas_kernels.ecf8_decode.config import BlockSizes
-from pallas_kernels.ecf8_decode.pallas_gpu import ecf8_decode_gpu
+from bench.gpu_plan import (
+    BATCHES,
+    DECODE_SIZES,
+    DECODE_WARPS,
+    ESTIMATE_KERNELS,
+    GEMV_BATCHES,
+    MATMUL_SIZES,
+    MATMUL_TILE_ROWS,
+    SMOKE_BATCHES,
+    SMOKE_DECODE_SIZES,
+    SMOKE_MATMUL_SIZES,
+    SMOKE_SWEEP,
+    SWEEP,
+    decode_steps,
+    estimate_key,
+    gemv_steps,
+)
+from ecf8_jax import codec
+from ecf8_jax.format import grouped
 from pallas_kernels.ecf8_matmul.reference import fp8_tiled_matmul
+from pallas_kernels.grouped_decode.config import BlockSizes
+from pallas_kernels.grouped_decode.pallas_gpu import grouped_decode_gpu
+from pallas_kernels.grouped_decode.reference import words_to_bytes
 
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
-DECODE_SIZES = (16 << 20, 64 << 20, 256 << 20, 1 << 30)
-MATMUL_SIZES = (4096, 8192)
-BATCHES = (1, 8, 64, 512)
-SMOKE_DECODE_SIZES = (1 << 14,)
-SMOKE_MATMUL_SIZES = (256,)
-SMOKE_BATCHES = (1, 3)
-MATMUL_TILE_ROWS = 256  # tiles of 256 x 128: k = 4096 gives 16 row blocks to split over
-SWEEP_SIZES = (16 << 20, 1 << 30)
-# (num_warps, chunk_steps) per sweep size: the full grid at 16 MiB, fewer re-encodes at 1 GiB.
-SWEEP = {
-    16 << 20: [(w, s) for s in (256, 1024, 4096) for w in (1, 2, 4, 8)],
-    1 << 30: [(w, 1024) for w in (2, 4, 8)] + [(4, 4096)],
-}
-SMOKE_SWEEP = {1 << 14: [(4, 32), (2, 64)]}
-
 COLUMNS = [
     Column("op", "op"),
     Column("shape", "shape"),
@@ -111,7 +114,7 @@ def _encoded_steps(size, steps):
 
 def _encoded(size, steps):
     """Host encodes dominate the run time at 1 GiB: the decode row and the sweep share them."""
-    return _encoded_steps(size, choose_chunk_steps(size, steps))
+    return _encoded_steps(size, decode_steps(size, steps))
 
 
 def _timed(fn, repeats):
@@ -132,12 +135,15 @@ def _label(size):
 
 
 def _raw_args(t):
-    limits, deltas, symbols = canonical_tables(t.code_lengths, np)
-    return (t.stream, t.chunk_offsets, t.signs, limits, deltas, symbols)
+    """The version-2 kernel's arrays of ``t``."""
+    lengths = np.asarray(t.code_lengths)
+    return (t.stream, t.chunk_offsets, t.signs, grouped.decode_lut(lengths, np),
+            grouped.refill_below(lengths, np))  # fmt: skip
 
 
 def bench_sweep(size, configs, repeats, interpret, estimate) -> list[dict[str, Any]]:
-    """The Triton decode at each ``(num_warps, chunk_steps)``, bit-checked, with its estimate."""
+    """The version-2 Triton decode at each ``(num_warps, chunk_steps)``, bit-checked, with its
+    estimate."""
     x = _gaussian_cached(size)
     want = jax.device_put(x.view(np.uint8))
     rows = []
@@ -147,9 +153,11 @@ def bench_sweep(size, configs, repeats, interpret, estimate) -> list[dict[str, A
         for warps in sorted(w for w, s in configs if s == steps):
             sizes = BlockSizes(num_warps=warps)
             f = jax.jit(
-                lambda *a, sizes=sizes: ecf8_decode_gpu(*a, block_sizes=sizes, interpret=interpret)
+                lambda *a, sizes=sizes: grouped_decode_gpu(
+                    *a, block_sizes=sizes, interpret=interpret
+                )
             )
-            exact = bool(jnp.array_equal(f(*args)[: x.size], want))
+            exact = bool(jnp.array_equal(words_to_bytes(f(*args))[: x.size], want))
             sec = _timed(lambda f=f, args=args: f(*args), repeats)
             est = estimate("decode", size, warps=warps, steps=t.chunk_steps)
             rows.append(measured_row("sweep", f"{_label(size)} w={warps} S={steps}", sec, size,
@@ -170,44 +178,6 @@ def measured_row(op, shape, seconds, weights, est, **extra) -> dict[str, Any]:
 
 def no_estimate(*args, **kwargs):
     return None
-
-
-# The bench.kernel_cost kernel that estimates each measured op (update with the kernels).
-ESTIMATE_KERNELS = {
-    "decode": "ecf8_decode_v1",
-    "matmul": "ecf8_matmul_v1",
-    "twin": "fp8_tiled_matmul_v1",
-}
-
-
-def estimate_key(kind, weights, *, warps=4, steps=1024, m=0, k=0) -> tuple:
-    """How an estimate is looked up: (kernel name, weights, num_warps, chunk_steps, m)."""
-    del k  # k * k == weights for the square matmuls measured here
-    name = ESTIMATE_KERNELS.get(kind, kind)
-    return (name, int(weights), int(warps), int(steps), int(m or 0))
-
-
-def estimate_requests(smoke: bool = False) -> list[dict[str, Any]]:
-    """Every estimate ``main`` asks for, as keyword arguments of the estimator: what
-    ``python -m bench.kernel_cost --gpu-bench`` costs ahead of a GPU run."""
-    decode_sizes = SMOKE_DECODE_SIZES if smoke else DECODE_SIZES
-    sweep = SMOKE_SWEEP if smoke else SWEEP
-    out = [
-        dict(kind="decode", weights=s, warps=4, steps=choose_chunk_steps(s, None))
-        for s in decode_sizes
-    ]
-    out += [
-        dict(kind="decode", weights=s, warps=w, steps=choose_chunk_steps(s, st))
-        for s, cfg in sweep.items()
-        for w, st in cfg
-    ]
-    out += [
-        dict(kind=kind, weights=k * k, steps=MATMUL_TILE_ROWS, m=m, k=k)
-        for k in (SMOKE_MATMUL_SIZES if smoke else MATMUL_SIZES)
-        for m in (SMOKE_BATCHES if smoke else BATCHES)
-        for kind in ("matmul", "twin")
-    ]
-    return out
 
 
 def estimates_from_json(path) -> Callable[..., float | None]:
@@ -267,7 +237,7 @@ def bench_decode(size: int, repeats: int, interpret: bool, estimate=no_estimate)
     t_cast = _timed(lambda: cast(raw), repeats)
     t_dec = _timed(lambda: decode(dev), repeats)
     label = _label(size)
-    est = estimate("decode", size, warps=4, steps=t.chunk_steps)
+    est = estimate("decode", size, warps=DECODE_WARPS, steps=t.chunk_steps)
     return [
         {"op": "copy", "shape": label, "ms": t_copy * 1e3, "gbps": 2 * gb / t_copy},
         {"op": "fp8->bf16", "shape": label, "ms": t_cast * 1e3, "gbps": 3 * gb / t_cast},
@@ -330,6 +300,37 @@ def bench_matmul(k: int, batches, repeats: int, interpret: bool, estimate=no_est
     return rows
 
 
+def bench_gemv(k: int, batches, repeats: int, interpret: bool, estimate=no_estimate):
+    """The fused version-2 decode + GEMV against its raw-FP8 twin and XLA's FP8 dot, m <= 8."""
+    n = k
+    w = gaussian_fp8(k * n, seed=2).reshape(n, k)  # [out, in], one scale per row
+    steps = gemv_steps(k)
+    t = jax.device_put(ecf8_jax.encode(w, chunk_steps=steps, balance=False))
+    w_dev = jax.device_put(w)
+    scale = jnp.ones((n,), jnp.float32)
+    fused = jax.jit(lambda x, t: codec.gemv(x, t, scale, interpret=interpret))
+    twin = jax.jit(lambda x, w: codec.fp8_gemv(x, w, scale, interpret=interpret))
+    plain = jax.jit(
+        lambda x, w: jnp.dot(x, w.astype(jnp.bfloat16).T, preferred_element_type=jnp.float32)
+    )
+    rows = []
+    for m in batches:
+        x = jax.random.normal(jax.random.key(m), (m, k), jnp.bfloat16)
+        exact = bool(jnp.array_equal(fused(x, t).view(jnp.uint32), twin(x, w_dev).view(jnp.uint32)))
+        t_plain = _timed(lambda x=x: plain(x, w_dev), repeats)
+        t_fused = _timed(lambda x=x: fused(x, t), repeats)
+        t_twin = _timed(lambda x=x: twin(x, w_dev), repeats)
+        shape = f"m={m} k=n={k}"
+        est = estimate("gemv", k * n, warps=1, steps=steps, m=m, k=k)
+        rows.append(measured_row("gemv v2", shape, t_fused, k * n, est,
+                                 baseline=f"xla fp8 {t_plain * 1e3:.4f} ms",
+                                 ratio=t_plain / t_fused, bpw=t.bits_per_weight, exact=exact))  # fmt: skip
+        est_twin = estimate("gemv twin", k * n, warps=1, steps=steps, m=m, k=k)
+        rows.append(measured_row("gemv twin", shape, t_twin, k * n, est_twin,
+                                 baseline="gemv v2", ratio=t_twin / t_fused))  # fmt: skip
+    return rows
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -387,6 +388,11 @@ def main(argv: Sequence[str] | None = None, estimate=None) -> list[dict[str, Any
         (f"matmul k=n={k}", bench_matmul, (k, batches, repeats, interpret, estimate))
         for k in matmul_sizes
     ]
+    sections += [
+        (f"gemv k=n={k}", bench_gemv,
+         (k, SMOKE_BATCHES if args.smoke else GEMV_BATCHES, repeats, interpret, estimate))
+        for k in matmul_sizes
+    ]  # fmt: skip
     sections += [
         (f"sweep {s}", bench_sweep, (s, cfg, repeats, interpret, estimate))
         for s, cfg in sorted(sweep.items(), reverse=True)  # 1 GiB first: its encode is cached

@@ -603,17 +603,19 @@ def cost_row(kernel: Kernel, case: Case, target: str) -> dict[str, Any]:
 
 
 def gpu_bench_rows() -> list[dict[str, Any]]:
-    """Rows for every estimate ``bench.gpu`` prints (its ``estimate_requests``)."""
-    from bench import gpu  # noqa: PLC0415
+    """Rows for every estimate ``bench.gpu`` prints (``gpu_plan.estimate_requests``)."""
+    from bench import gpu_plan  # noqa: PLC0415
 
     rows = []
-    for req in gpu.estimate_requests():
+    for req in gpu_plan.estimate_requests():
         k = req.get("k", 0)
         case = Case(f"{req['weights'] >> 20}MiB" if not k else f"k=n={k}", req["weights"],
                     k=k, n=k, m=req.get("m", 0), num_warps=req.get("warps", 4),
                     chunk_steps=req["steps"])  # fmt: skip
         print(f"{req}", file=sys.stderr)
-        rows.append(cost_row(kernel_named(gpu.ESTIMATE_KERNELS[req["kind"]], "gpu"), case, "h200"))
+        rows.append(
+            cost_row(kernel_named(gpu_plan.ESTIMATE_KERNELS[req["kind"]], "gpu"), case, "h200")
+        )
     return rows
 
 

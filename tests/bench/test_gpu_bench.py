@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import gpu
+from bench import gpu, gpu_plan
 
 
 def test_gpu_bench_smoke_checks_every_kernel_bit_exactly(tmp_path, capsys):
@@ -22,14 +22,15 @@ def test_gpu_bench_smoke_checks_every_kernel_bit_exactly(tmp_path, capsys):
     assert ops.count("decode") == len(gpu.SMOKE_DECODE_SIZES)
     matmuls = len(gpu.SMOKE_MATMUL_SIZES) * len(gpu.SMOKE_BATCHES)
     assert ops.count("matmul") == ops.count("fp8 twin") == matmuls
+    assert ops.count("gemv v2") == ops.count("gemv twin") == matmuls
     sweeps = sum(len(c) for c in gpu.SMOKE_SWEEP.values())
     assert ops.count("sweep") == sweeps
     assert {"copy", "fp8->bf16"} <= set(ops)
-    checked = [r for r in rows if r["op"] in ("decode", "matmul", "sweep")]
+    checked = [r for r in rows if r["op"] in ("decode", "matmul", "sweep", "gemv v2")]
     assert all(r["exact"] == "True" for r in checked)
     assert all(0 < r["bpw"] < 8 for r in checked)
     # every Pallas row (the raw-FP8 twins too) carries its static estimate and measured / est
-    assert len(estimates) == len(checked) + ops.count("fp8 twin")
+    assert len(estimates) == len(checked) + ops.count("fp8 twin") + ops.count("gemv twin")
     for r in checked:
         assert r["est"] == 2.0 and r["meas_over_est"] == pytest.approx(r["gbps"] / 2.0)
     sweep_settings = {
@@ -92,10 +93,10 @@ def test_the_full_sweep_stays_inside_the_time_budget():
 
 def test_an_estimates_file_from_kernel_cost_covers_every_measured_row(tmp_path):
     # The rows bench.kernel_cost --gpu-bench writes, one per request, as its --json has them.
-    requests = gpu.estimate_requests(smoke=True)
+    requests = gpu_plan.estimate_requests(smoke=True)
     rows = [
         {
-            "name": gpu.ESTIMATE_KERNELS[r["kind"]],
+            "name": gpu_plan.ESTIMATE_KERNELS[r["kind"]],
             "kernel": "decode" if r["kind"] == "decode" else "matmul",
             "target": "h200",
             "weights": r["weights"],
@@ -109,6 +110,10 @@ def test_an_estimates_file_from_kernel_cost_covers_every_measured_row(tmp_path):
     path = tmp_path / "est.json"
     path.write_text(json.dumps({"meta": {}, "rows": rows}))
     measured = gpu.main(["--smoke", "--estimates", str(path)])
-    checked = [r for r in measured if r["op"] in ("decode", "matmul", "sweep", "fp8 twin")]
+    checked = [
+        r
+        for r in measured
+        if r["op"] in ("decode", "matmul", "sweep", "fp8 twin", "gemv v2", "gemv twin")
+    ]
     assert len(checked) == len(requests) and all(r["est"] is not None for r in checked)
     assert len({r["est"] for r in checked}) == len(checked)  # each row found its own estimate

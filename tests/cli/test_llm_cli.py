@@ -37,7 +37,9 @@ def test_demo_generates_identical_coherent_text_from_fp8_and_ecf8():
     fp8_line = next(line for line in out.splitlines() if "FP8 model :" in line)
     assert "Paris" in fp8_line  # recorded continuation: ' Paris.\n\n'
     saved = float(out.split("% saved")[0].split()[-1])
-    assert 14.0 < saved < 20.0
+    # Format version 2 (the default) saves 13.9 % on this Q4_1-derived FP8 model; version 1
+    # saved 16.8 % (its 7-bit magnitude code captures the mantissa structure of dequantized Q4).
+    assert 13.0 < saved < 20.0
 
 
 def test_generate_from_ecf8_matches_the_raw_fp8_model(tiny_llama):
