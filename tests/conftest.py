@@ -22,8 +22,15 @@ import importlib.util
 import os
 import pathlib
 
-import jax
-import pytest
+# pip libtpu (the kernelcost extra) makes every jax process on a host without a TPU try to start
+# one and print libtpu's warnings, in subprocesses too (the CLI's one-line-error tests read
+# stderr). Compiling for a TPU topology works without the TPU backend, so tests run on the CPU
+# backend unless a GPU plugin is installed or JAX_PLATFORMS says otherwise.
+if importlib.util.find_spec("jax_plugins") is None:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # No network at test time: Hugging Face libraries read local folders only.
