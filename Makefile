@@ -7,6 +7,10 @@
 # pyproject.toml, its lock file or the helper scripts change.
 
 SHELL := bash
+# pip libtpu (the kernelcost extra) makes every jax process on a host without a TPU search for
+# one and print its warnings; compiling for a TPU topology needs no TPU backend. Demo and tests
+# therefore use the CPU backend unless the caller sets JAX_PLATFORMS (e.g. cuda on a GPU box).
+export JAX_PLATFORMS ?= cpu
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
