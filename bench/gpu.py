@@ -136,9 +136,7 @@ def _label(size):
 
 def _raw_args(t):
     """The version-2 kernel's arrays of ``t``."""
-    lengths = np.asarray(t.code_lengths)
-    return (t.stream, t.chunk_offsets, t.signs, grouped.decode_lut(lengths, np),
-            grouped.refill_below(lengths, np))  # fmt: skip
+    return grouped.kernel_args(t.stream, t.chunk_offsets, t.signs, np.asarray(t.code_lengths), np)
 
 
 def bench_sweep(size, configs, repeats, interpret, estimate) -> list[dict[str, Any]]:

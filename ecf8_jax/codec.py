@@ -64,11 +64,8 @@ def decode(
 
 def _decode_grouped(stream, offsets, raw, lengths, implementation, interpret) -> jax.Array:
     """Version-2 chunks -> uint8[C * S * 128] slots."""
-    lut = grouped.decode_lut(lengths, jnp)
-    threshold = grouped.refill_below(lengths, jnp)
-    words = grouped_api.decode(
-        stream, offsets, raw, lut, threshold, implementation=implementation, interpret=interpret
-    )
+    args = grouped.kernel_args(stream, offsets, raw, lengths, jnp)
+    words = grouped_api.decode(*args, implementation=implementation, interpret=interpret)
     return words_to_bytes(words)
 
 
@@ -186,17 +183,16 @@ def gemv(x: jax.Array, w: Ecf8Tensor, scale: jax.Array, *, interpret: bool = Fal
 
     Args:
       x: [m, in] activations.
-      w: version-2 [out, in] weight whose chunks hold whole rows (``gemv_supported``).
+      w: version-2 [out, in] weight whose chunks hold whole rows (``fused_gemv_ready``).
       scale: float32[out] per output row.
       interpret: run the Triton kernel in interpret mode.
 
     Returns:
       float32[m, out], bit-identical to :func:`fp8_gemv` on the decoded weight.
     """
-    lut = grouped.decode_lut(w.code_lengths, jnp)
-    threshold = grouped.refill_below(w.code_lengths, jnp)
+    args = grouped.kernel_args(w.stream, w.chunk_offsets, w.signs, w.code_lengths, jnp)
     return gemv_kernels.grouped_gemv_gpu(
-        x, w.stream, w.chunk_offsets, w.signs, lut, threshold, scale,
+        x, *args, scale,
         n=w.shape[0], fp8_dtype=DTYPES[w.dtype], interpret=interpret,
     )  # fmt: skip
 

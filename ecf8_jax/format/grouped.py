@@ -141,6 +141,12 @@ def refill_below(lengths, xp):
     return GROUP * longest_code(lengths, xp)
 
 
+def kernel_args(stream, chunk_offsets, raw, lengths, xp):
+    """The five arrays every version-2 decoder takes: ``(stream, chunk_offsets, raw,
+    decode_lut(lengths), refill_below(lengths))``, the tables built with ``xp``."""
+    return stream, chunk_offsets, raw, decode_lut(lengths, xp), refill_below(lengths, xp)
+
+
 def decode_lut(lengths, xp):
     """The decoder's table: entry ``p`` decodes the code at the front of the 8-bit peek ``p``.
 

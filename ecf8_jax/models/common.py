@@ -8,6 +8,7 @@ import numpy as np
 from flax import nnx
 
 from ecf8_jax.nn.layers import Embed, Fp8Embed, Fp8Linear, Linear
+from ecf8_jax.quantize import fp8_max
 
 
 class RMSNorm(nnx.Module):
@@ -67,9 +68,10 @@ def _quantize_rows(w: jax.Array) -> tuple[jax.Array, jax.Array]:
     Used only where the weight is abstract (building a model under ``nnx.eval_shape`` for
     ahead-of-time compilation); concrete models use the numpy ``quantize_fp8``.
     """
+    fmax = fp8_max(jnp.float8_e4m3fn)
     amax = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
-    scale = jnp.where(amax > 0, amax / 448.0, 1.0).astype(jnp.float32)
-    return (w / scale).astype(jnp.float8_e4m3fn), scale
+    scale = jnp.where(amax > 0, amax / fmax, 1.0).astype(jnp.float32)
+    return jnp.clip(w / scale, -fmax, fmax).astype(jnp.float8_e4m3fn), scale
 
 
 def make_embed(

@@ -18,7 +18,7 @@ import pytest
 import ecf8_jax
 from ecf8_jax.format import grouped
 from pallas_kernels import compat
-from pallas_kernels.grouped_decode import api, reference
+from pallas_kernels.grouped_decode import api, pallas_tpu, reference
 from pallas_kernels.grouped_decode.config import BlockSizes
 from pallas_kernels.grouped_decode.pallas_gpu import grouped_decode_gpu
 from pallas_kernels.grouped_decode.pallas_tpu import grouped_decode_tpu
@@ -30,9 +30,7 @@ IMPLEMENTATIONS = ["xla", "pallas_gpu", "pallas_tpu"]
 
 
 def _raw(t):
-    lengths = np.asarray(t.code_lengths)
-    return (t.stream, t.chunk_offsets, t.signs, grouped.decode_lut(lengths, np),
-            grouped.refill_below(lengths, np))  # fmt: skip
+    return grouped.kernel_args(t.stream, t.chunk_offsets, t.signs, np.asarray(t.code_lengths), np)
 
 
 def _run(implementation, raw):
@@ -131,6 +129,10 @@ def test_kernel_constants_match_the_format():
     assert reference.PEEK_SHIFT == 32 - grouped.MAX_CODE_LEN
     assert reference.LENGTH_MASK == (1 << grouped.LUT_LENGTH_BITS) - 1
     assert reference.NIBBLES_PER_WORD == grouped.NIBBLES_PER_WORD
+    # the TPU window holds the most words a chunk can have (validate's bound), plus spare rows
+    for steps in (32, 2048):
+        rows = pallas_tpu.window_rows(1, steps, 1 << 30) - pallas_tpu.SPARE_ROWS
+        assert rows * pallas_tpu.ROW_WORDS == grouped.max_chunk_words(steps)
 
 
 def _abstract(raw):

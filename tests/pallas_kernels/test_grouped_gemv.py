@@ -24,9 +24,7 @@ def _weight(n, k, dtype=ml_dtypes.float8_e4m3fn, seed=0):
 
 
 def _arrays(t):
-    lengths = np.asarray(t.code_lengths)
-    return (t.stream, t.chunk_offsets, t.signs, grouped.decode_lut(lengths, np),
-            grouped.refill_below(lengths, np))  # fmt: skip
+    return grouped.kernel_args(t.stream, t.chunk_offsets, t.signs, np.asarray(t.code_lengths), np)
 
 
 @pytest.mark.parametrize("m", [1, 3, 8])
