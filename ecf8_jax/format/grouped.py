@@ -19,10 +19,18 @@ code is decoded with one read of a 256-entry table, and the four decoded bytes o
 one little-endian uint32 output word. Lane ``l`` of chunk ``c`` decodes, at step ``t``, the
 weight in slot ``c*S*L + (t // 4)*4*L + 4*l + t % 4``.
 
+**16-bit weights** (BF16, FP16) use the same layout with wider fields (``Width``): the
+symbol is bits 14..7 (256 symbols: the BF16 exponent; FP16's exponent with its top three
+mantissa bits), the raw field a byte (bit 15 as bit 7, bits 6..0). Codes, table, refill rule
+and chunk/lane/group mapping are the FP8 ones; a group's four 16-bit values form two output
+words, and the raw plane holds one word (four bytes) per lane per group.
+
 Nothing here imports kernels; the tables are built with numpy or jax.numpy alike (``xp``).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -64,6 +72,100 @@ STEP_MULTIPLE = 32
 """``chunk_steps`` is a multiple of 32 (whole raw words; 8-row output tiles on TPU)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Width:
+    """How a ``bits``-wide float splits into a coded symbol and a raw field.
+
+    ``bits = 8`` (FP8): symbol bits 6..3, raw nibble = bit 7 (as bit 3) and bits 2..0.
+    ``bits = 16`` (BF16, FP16): symbol bits 14..7, raw byte = bit 15 (as bit 7) and bits 6..0.
+    In both the symbol is the upper half below the sign and the raw field the sign over the
+    low ``bits / 2 - 1`` bits.
+
+    Slot mapping: lane ``l`` of a chunk decodes, in group ``g``, values ``j = 0..3`` into output
+    word ``p = j // per_word`` of the group (``per_word = 32 // bits`` values a word, value
+    ``k = j % per_word`` at bits ``bits * k``); that word holds slots
+    ``g*4*L + p*per_word*L + l*per_word + k``, so the output ``uint32[C, G * words_per_group,
+    L]`` is already in slot order (a bitcast to uint8/uint16).
+    """
+
+    bits: int
+
+    @property
+    def symbol_bits(self) -> int:
+        return self.bits // 2
+
+    @property
+    def num_symbols(self) -> int:
+        return 1 << self.symbol_bits
+
+    @property
+    def symbol_shift(self) -> int:
+        return self.bits // 2 - 1
+
+    @property
+    def raw_bits(self) -> int:
+        return self.bits // 2
+
+    @property
+    def raws_per_word(self) -> int:
+        """Raw fields per raw-plane word (8 nibbles, 4 bytes)."""
+        return WORD_BITS // self.raw_bits
+
+    @property
+    def groups_per_raw_word(self) -> int:
+        return self.raws_per_word // GROUP
+
+    @property
+    def per_word(self) -> int:
+        """Decoded values per output word (4 bytes, 2 halves)."""
+        return WORD_BITS // self.bits
+
+    @property
+    def words_per_group(self) -> int:
+        """Output words per lane per group (1 for FP8, 2 for 16-bit)."""
+        return GROUP // self.per_word
+
+    @property
+    def low_mask(self) -> int:
+        return (1 << self.symbol_shift) - 1
+
+    @property
+    def raw_dtype(self):
+        return np.uint8 if self.bits == 8 else np.uint16
+
+    def symbol_of(self, v: np.ndarray) -> np.ndarray:
+        """Values (as unsigned ints) -> their coded symbol."""
+        return (v >> self.symbol_shift) & (self.num_symbols - 1)
+
+    def raw_of(self, v: np.ndarray) -> np.ndarray:
+        """Values (as unsigned ints) -> their raw field (sign on top of the low bits)."""
+        sign = (v >> (self.bits - self.raw_bits)) & (1 << (self.raw_bits - 1))
+        return sign | (v & self.low_mask)
+
+    def join(self, symbol: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """The inverse of (``symbol_of``, ``raw_of``)."""
+        top = self.raw_bits - 1
+        return (
+            ((raw >> top) << (self.bits - 1))
+            | (symbol << self.symbol_shift)
+            | (raw & self.low_mask)
+        )
+
+
+FP8 = Width(8)
+WIDE = Width(16)
+WIDTHS = {8: FP8, 16: WIDE}
+
+
+def width_of_dtype(name: str) -> Width:
+    """The ``Width`` of a dtype name: FP8 names -> ``FP8``; bfloat16, float16 -> ``WIDE``."""
+    if name.startswith("float8"):
+        return FP8
+    if name in ("bfloat16", "float16"):
+        return WIDE
+    raise ValueError(f"format version 2 carries FP8, bfloat16 and float16, not {name!r}")
+
+
 GEMV_COLUMNS = GROUP * 128
 """Columns of one group of one row: a row-wise GEMV needs ``in_features`` to be a multiple."""
 
@@ -90,12 +192,12 @@ def max_chunk_words(chunk_steps: int, lanes: int = 128) -> int:
 
 def symbol_of(raw: np.ndarray) -> np.ndarray:
     """uint8 bytes -> their coded symbol (bits 6..3)."""
-    return (raw & SYMBOL_MASK) >> SYMBOL_SHIFT
+    return FP8.symbol_of(raw)
 
 
 def nibble_of(raw: np.ndarray) -> np.ndarray:
     """uint8 bytes -> their raw nibble (bit 7 as bit 3, bits 2..0)."""
-    return ((raw & NIBBLE_HIGH) >> 4) | (raw & NIBBLE_LOW)
+    return FP8.raw_of(raw)
 
 
 def canonical_codes(lengths, xp):
@@ -105,11 +207,12 @@ def canonical_codes(lengths, xp):
     ``sum_{k<l} count[k] << (l - k)``.
 
     Args:
-      lengths: int[..., NUM_SYMBOLS] code lengths (0 = absent), numpy or jax array.
+      lengths: int[..., K] code lengths (0 = absent), numpy or jax array; K = 16 (FP8) or
+        256 (16-bit).
       xp: ``numpy`` or ``jax.numpy``.
 
     Returns:
-      int32[..., NUM_SYMBOLS] right-aligned code values (0 for absent symbols).
+      int32[..., K] right-aligned code values (0 for absent symbols).
     """
     lengths = xp.asarray(lengths).astype(xp.int32)
     lens = xp.arange(MAX_CODE_LEN + 1, dtype=xp.int32)
@@ -118,7 +221,7 @@ def canonical_codes(lengths, xp):
     shorter = lens[None, :] < lens[:, None]  # [l, k]: k < l
     shift = xp.where(shorter, lens[:, None] - lens[None, :], 0)
     first_code = xp.where(shorter, xp.left_shift(count[..., None, :], shift), 0).sum(axis=-1)
-    sym = xp.arange(NUM_SYMBOLS, dtype=xp.int32)
+    sym = xp.arange(lengths.shape[-1], dtype=xp.int32)
     same_before = (lengths[..., None, :] == lengths[..., :, None]) & (sym[None, :] < sym[:, None])
     rank = same_before.sum(axis=-1).astype(xp.int32)  # symbols of the same length before it
     first = xp.take_along_axis(first_code, xp.clip(lengths, 0, MAX_CODE_LEN), axis=-1)
@@ -150,8 +253,12 @@ def kernel_args(stream, chunk_offsets, raw, lengths, xp):
 def decode_lut(lengths, xp):
     """The decoder's table: entry ``p`` decodes the code at the front of the 8-bit peek ``p``.
 
+    Canonical codes cover consecutive peek ranges in (length, symbol) order, so the code at
+    peek ``p`` belongs to the last symbol in that order whose range starts at or before ``p``
+    (a count, not a search over every (peek, symbol) pair: 256 symbols stay cheap).
+
     Args:
-      lengths: int[..., NUM_SYMBOLS] code lengths, one codebook per leading index.
+      lengths: int[..., K] code lengths, one codebook per leading index (K = 16 or 256).
       xp: ``numpy`` or ``jax.numpy``.
 
     Returns:
@@ -160,18 +267,20 @@ def decode_lut(lengths, xp):
       yields entries no longer than the refill threshold provides for.
     """
     lengths = xp.clip(xp.asarray(lengths).astype(xp.int32), 0, MAX_CODE_LEN)
+    k = lengths.shape[-1]
+    present = lengths > 0
     codes = canonical_codes(lengths, xp)
+    span = xp.where(present, xp.left_shift(1, MAX_CODE_LEN - lengths), 0)
+    start = xp.where(present, codes * span, LUT_SIZE)  # absent: past every peek
+    sym = xp.arange(k, dtype=xp.int32)
+    order = xp.argsort(xp.where(present, lengths * k + sym, (MAX_CODE_LEN + 1) * k), axis=-1)
+    sorted_start = xp.take_along_axis(start, order, axis=-1)
     peek = xp.arange(LUT_SIZE, dtype=xp.int32)
-    shift = xp.where(lengths > 0, MAX_CODE_LEN - lengths, 0)
-    covers = ((peek[:, None] >> shift[..., None, :]) == codes[..., None, :]) & (
-        lengths[..., None, :] > 0
-    )  # [..., LUT_SIZE, NUM_SYMBOLS]
-    sym = xp.arange(NUM_SYMBOLS, dtype=xp.int32)
-    entry = (sym << LUT_LENGTH_BITS) | lengths
-    # The first covering symbol (a valid code has at most one); none -> MAX_CODE_LEN.
-    first = xp.argmax(covers, axis=-1)
-    value = xp.take_along_axis(
-        xp.broadcast_to(entry[..., None, :], covers.shape), first[..., None], axis=-1
-    )[..., 0]
+    count = (sorted_start[..., None, :] <= peek[:, None]).sum(axis=-1).astype(xp.int32)
+    symbol = xp.take_along_axis(order, xp.clip(count - 1, 0, k - 1), axis=-1).astype(xp.int32)
+    length = xp.take_along_axis(lengths, symbol, axis=-1)
+    end = xp.take_along_axis(start + span, symbol, axis=-1)
+    covered = (count > 0) & (peek < end)
     fallback = longest_code(lengths, xp)[..., None]
-    return xp.where(covers.any(axis=-1), value, fallback).astype(xp.int32)
+    value = (symbol << LUT_LENGTH_BITS) | length
+    return xp.where(covered, value, fallback).astype(xp.int32)

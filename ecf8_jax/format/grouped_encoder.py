@@ -16,28 +16,40 @@ from ecf8_jax.format.codebook import code_lengths
 from ecf8_jax.format.constants import LANES
 
 
-def encode_chunk(padded: np.ndarray, valid: int):
+def _by_group(a: np.ndarray, groups: int, width: g2.Width) -> np.ndarray:
+    """Slot order -> [group, lane, j]: value ``j`` of lane ``l`` in group ``g`` (``Width``)."""
+    v = width.per_word
+    return (
+        a.reshape(groups, width.words_per_group, LANES, v)
+        .transpose(0, 2, 1, 3)
+        .reshape(groups, LANES, g2.GROUP)
+    )
+
+
+def encode_chunk(padded: np.ndarray, valid: int, width: g2.Width = g2.FP8):
     """Encodes one chunk.
 
     Args:
-      padded: uint8[steps * LANES] FP8 bytes in slot order (zero padding after the end).
+      padded: uint8 (FP8) or uint16 (16-bit) [steps * LANES] values in slot order (zero
+        padding after the end).
       valid: slots holding weights (a prefix of the chunk's slots; at least one).
+      width: the value width (``grouped.FP8`` or ``grouped.WIDE``).
 
     Returns:
-      ``(words, raw, lengths)``: uint32[w] stream words in decoder order, uint32[steps // 8,
-      LANES] raw nibble words, uint8[NUM_SYMBOLS] code lengths.
+      ``(words, raw, lengths)``: uint32[w] stream words in decoder order, uint32[steps //
+      raws_per_word, LANES] raw words, uint8[num_symbols] code lengths.
     """
     slots = padded.shape[0]
     groups = slots // (g2.GROUP * LANES)
-    symbols = g2.symbol_of(padded)
-    counts = np.bincount(symbols[:valid], minlength=g2.NUM_SYMBOLS)
+    symbols = width.symbol_of(padded)
+    counts = np.bincount(symbols[:valid], minlength=width.num_symbols)
     lengths = code_lengths(counts, g2.MAX_CODE_LEN)
     codes = g2.canonical_codes(lengths, np).astype(np.uint32)
     ragged = valid < slots
 
-    # Lane-major order [lane, group * 4 + step]: each lane's codes in bit-string order.
+    # Lane-major order [lane, group * 4 + j]: each lane's codes in bit-string order.
     def lane_major(a):
-        return a.reshape(groups, LANES, g2.GROUP).transpose(1, 0, 2).reshape(LANES, -1)
+        return _by_group(a, groups, width).transpose(1, 0, 2).reshape(LANES, -1)
 
     sym = lane_major(symbols)
     lens = lengths[sym]
@@ -82,39 +94,42 @@ def encode_chunk(padded: np.ndarray, valid: int):
     order = (taken - 1 + lane_start[:, None]).T.reshape(-1)
     words = scratch[order[np.flatnonzero(refill.T.reshape(-1))]]
 
-    # Raw words: nibble of step t at bits 4 * (t % 8), two nibbles a byte, low nibble first.
-    nibbles = g2.nibble_of(padded)
+    # Raw words: the raw field of lane step t at bits raw_bits * (t % raws_per_word).
+    fields = width.raw_of(padded).astype(np.uint32)
     if ragged:
-        nibbles[valid:] = 0
-    nib = nibbles.reshape(groups // 2, 2, LANES, g2.GROUP).transpose(0, 2, 1, 3)
-    nib = nib.reshape(groups // 2, LANES, g2.NIBBLES_PER_WORD)
-    pairs = nib[..., 0::2] | (nib[..., 1::2] << 4)
-    raw = np.ascontiguousarray(pairs).view("<u4")[..., 0].astype(np.uint32)
+        fields[valid:] = 0
+    per = width.groups_per_raw_word
+    f = _by_group(fields, groups, width).reshape(groups // per, per, LANES, g2.GROUP)
+    f = f.transpose(0, 2, 1, 3).reshape(groups // per, LANES, width.raws_per_word)
+    shifts = (width.raw_bits * np.arange(width.raws_per_word)).astype(np.uint32)
+    raw = (f << shifts).sum(axis=-1, dtype=np.uint32)  # disjoint bits: the sum is an OR
     return words, raw, lengths
 
 
-def encode_grouped(raw: np.ndarray, steps: int, chunks: int):
-    """Encodes a flat uint8 array (the ``flat`` layout) into version-2 arrays.
+def encode_grouped(raw: np.ndarray, steps: int, chunks: int, width: g2.Width = g2.FP8):
+    """Encodes a flat array of value bit patterns (the ``flat`` layout) into version-2 arrays.
 
     Args:
-      raw: uint8[n] FP8 bytes.
+      raw: uint8[n] FP8 bytes, or uint16[n] 16-bit patterns with ``width=grouped.WIDE``.
       steps: chunk steps (a multiple of 32).
       chunks: number of chunks (``ceil(n / (steps * LANES))``).
+      width: the value width.
 
     Returns:
-      ``(stream, chunk_offsets, raw_words, code_lengths)``.
+      ``(stream, chunk_offsets, raw_words, code_lengths)``: uint32[W], uint32[C + 1],
+      uint32[C, steps // raws_per_word, LANES], uint8[C, num_symbols].
     """
     per_chunk = steps * LANES
     words = []
-    raw_words = np.zeros((chunks, steps // g2.NIBBLES_PER_WORD, LANES), np.uint32)
-    lengths = np.zeros((chunks, g2.NUM_SYMBOLS), np.uint8)
+    raw_words = np.zeros((chunks, steps // width.raws_per_word, LANES), np.uint32)
+    lengths = np.zeros((chunks, width.num_symbols), np.uint8)
     offsets = np.zeros(chunks + 1, np.uint32)
     for c in range(chunks):
         piece = raw[c * per_chunk : (c + 1) * per_chunk]
         valid = piece.size
         if valid < per_chunk:
             piece = np.pad(piece, (0, per_chunk - valid))
-        w, raw_words[c], lengths[c] = encode_chunk(piece, valid)
+        w, raw_words[c], lengths[c] = encode_chunk(piece, valid, width)
         words.append(w)
         offsets[c + 1] = offsets[c] + w.size
     stream = np.concatenate(words) if words else np.zeros(0, np.uint32)

@@ -40,13 +40,13 @@ def shapes_supported(implementation: str, raw_shape) -> str | None:
     return None
 
 
-def _run(implementation, args, block_sizes, interpret):
+def _run(implementation, args, bits, block_sizes, interpret):
     if implementation == "pallas_gpu":
-        return grouped_decode_gpu(*args, block_sizes=block_sizes, interpret=interpret)
+        return grouped_decode_gpu(*args, bits=bits, block_sizes=block_sizes, interpret=interpret)
     if implementation == "pallas_tpu":
         params = compat.tpu_interpret_params() if interpret else False
-        return grouped_decode_tpu(*args, block_sizes=block_sizes, interpret=params)
-    return grouped_decode_reference(*args)
+        return grouped_decode_tpu(*args, bits=bits, block_sizes=block_sizes, interpret=params)
+    return grouped_decode_reference(*args, bits=bits)
 
 
 def decode(
@@ -56,14 +56,17 @@ def decode(
     lut: jax.Array,
     threshold: jax.Array,
     *,
+    bits: int = 8,
     implementation: Implementation | None = None,
     block_sizes: BlockSizes | None = None,
     interpret: bool = False,
 ) -> jax.Array:
-    """Decodes version-2 chunks to uint32[C, S // 4, L]; see ``grouped_decode_reference``.
+    """Decodes version-2 chunks to uint32[C, S * bits // 32, L]; see
+    ``grouped_decode_reference``.
 
     Args:
       stream, chunk_offsets, raw, lut, threshold: the raw arrays.
+      bits: value width, 8 (FP8) or 16 (BF16, FP16).
       implementation: ``None`` (the lowering platform's kernel, else ``xla``) or one of
         ``IMPLEMENTATIONS``.
       block_sizes: launch parameters for a Pallas kernel (default: ``BlockSizes.get_default``).
@@ -78,12 +81,14 @@ def decode(
         reason = shapes_supported(implementation, raw.shape)
         if reason is not None:
             raise ValueError(f"ECF8 decode implementation {implementation!r}: {reason}")
-        return _run(implementation, args, block_sizes, interpret)
+        return _run(implementation, args, bits, block_sizes, interpret)
     branches = {}
     for platform, name in (("cuda", "pallas_gpu"), ("tpu", "pallas_tpu")):
         reason = shapes_supported(name, raw.shape)
         if reason is None:
-            branches[platform] = lambda *a, name=name: _run(name, a, block_sizes, False)
+            branches[platform] = lambda *a, name=name: _run(name, a, bits, block_sizes, False)
         else:
             warnings.warn(f"ECF8 decode on {platform} falls back to xla: {reason}", stacklevel=2)
-    return lax.platform_dependent(*args, default=lambda *a: _run("xla", a, None, False), **branches)
+    return lax.platform_dependent(
+        *args, default=lambda *a: _run("xla", a, bits, None, False), **branches
+    )

@@ -13,8 +13,8 @@ Backend: Pallas -> Triton, selected explicitly with ``plgpu.CompilerParams`` so 
 serves jax 0.10.2 - 0.12 (Pallas Triton is deprecated in 0.12; docs/kernels.md has the Mosaic
 GPU path). Program ``c`` owns chunk ``c``; its 128 lanes are one block; the lane prefix sum is
 ``jnp.cumsum``; stream words and table entries are read as ``ref[index_vector]`` (gather loads;
-the chunk's 256-entry table stays in L1). The loop body decodes the two groups that share one
-raw word.
+the chunk's 256-entry table stays in L1). The loop body decodes the groups that share one
+raw word (two of FP8 nibbles; one of 16-bit raw bytes, which it stores as two output words).
 """
 
 from __future__ import annotations
@@ -31,8 +31,11 @@ from pallas_kernels.grouped_decode.config import BlockSizes
 from pallas_kernels.grouped_decode.reference import (
     LUT_SIZE,
     GroupOps,
+    check_bits,
     decode_group,
+    groups_per_raw_word,
     kernel_arrays,
+    words_per_group,
 )
 
 
@@ -52,7 +55,7 @@ def chunk_setup(c, offsets_ref, threshold_ref, stream_ref, lut_ref, lanes):
 
 
 def _decode_kernel(
-    offsets_ref, threshold_ref, stream_ref, raw_ref, lut_ref, out_ref, *, half_groups
+    offsets_ref, threshold_ref, stream_ref, raw_ref, lut_ref, out_ref, *, raw_rows, bits
 ):
     c = pl.program_id(0)
     num_words = stream_ref.shape[0]
@@ -60,18 +63,21 @@ def _decode_kernel(
         c, offsets_ref, threshold_ref, stream_ref, lut_ref, raw_ref.shape[-1]
     )
 
+    per_raw, per_group = groups_per_raw_word(bits), words_per_group(bits)
+
     def body(h, carry):
         hi, lo, nbits, base = carry
         raw_word = raw_ref[c, h, :]
-        for parity in range(2):
-            g = 2 * h + parity
+        for part in range(per_raw):
+            g = per_raw * h + part
             hi, lo, nbits, base, out = decode_group(
-                hi, lo, nbits, base, threshold, ops, raw_word, parity, num_words
+                hi, lo, nbits, base, threshold, ops, raw_word, part, num_words, bits
             )
-            out_ref[c, g, :] = out
+            for p in range(per_group):
+                out_ref[c, per_group * g + p, :] = out[p]
         return hi, lo, nbits, base
 
-    lax.fori_loop(0, half_groups, body, init)
+    lax.fori_loop(0, raw_rows, body, init)
 
 
 def grouped_decode_gpu(
@@ -81,25 +87,28 @@ def grouped_decode_gpu(
     lut: jax.Array,
     threshold: jax.Array,
     *,
+    bits: int = 8,
     block_sizes: BlockSizes | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """Triton version-2 decode; same contract as ``reference.grouped_decode_reference``.
 
     Returns:
-      uint32[C, S // 4, L].
+      uint32[C, S * bits // 32, L].
     """
+    check_bits(bits)
     block_sizes = block_sizes or BlockSizes.get_default(raw.shape, "pallas_gpu")
-    chunks, half_groups, lanes = raw.shape
+    chunks, raw_rows, lanes = raw.shape
+    out_rows = raw_rows * groups_per_raw_word(bits) * words_per_group(bits)
     if chunks == 0:
-        return jnp.zeros((0, 2 * half_groups, lanes), jnp.uint32)
+        return jnp.zeros((0, out_rows, lanes), jnp.uint32)
     stream, chunk_offsets, raw, lut, threshold = kernel_arrays(
         stream, chunk_offsets, raw, lut, threshold
     )
-    out_bytes = chunks * half_groups * 8 * lanes
+    out_bytes = chunks * out_rows * lanes * 4
     return pl.pallas_call(
-        functools.partial(_decode_kernel, half_groups=half_groups),
-        out_shape=jax.ShapeDtypeStruct((chunks, 2 * half_groups, lanes), jnp.uint32),
+        functools.partial(_decode_kernel, raw_rows=raw_rows, bits=bits),
+        out_shape=jax.ShapeDtypeStruct((chunks, out_rows, lanes), jnp.uint32),
         grid=(chunks,),
         interpret=interpret,
         name="ecf8_grouped_decode",

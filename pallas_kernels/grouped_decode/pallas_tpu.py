@@ -34,8 +34,11 @@ from pallas_kernels.grouped_decode.config import BlockSizes
 from pallas_kernels.grouped_decode.reference import (
     LUT_SIZE,
     GroupOps,
+    check_bits,
     decode_group,
+    groups_per_raw_word,
     kernel_arrays,
+    words_per_group,
 )
 
 SUBLANES = 8  # chunks per vreg: one per sublane of a 32-bit vreg
@@ -71,9 +74,10 @@ def _decode_kernel(
     sem,
     *,
     chunks,
-    half_groups,
+    raw_rows,
     stream_rows,
     num_words,
+    bits,
 ):
     b = pl.program_id(0)
     block, _, lanes = raw_ref.shape
@@ -110,20 +114,24 @@ def _decode_kernel(
 
     ops = GroupOps(exclusive_prefix=_exclusive_prefix_mxu, fetch=fetch, lookup=lookup)
 
+    per_raw, per_group = groups_per_raw_word(bits), words_per_group(bits)
+
     def body(h, carry):
         hi, lo, nbits, base = carry
         raw_word = raw_ref[:, pl.ds(h, 1), :].reshape(block, lanes)
-        for parity in range(2):
+        for part in range(per_raw):
             hi, lo, nbits, base, out = decode_group(
-                hi, lo, nbits, base, threshold, ops, raw_word, parity, num_words
+                hi, lo, nbits, base, threshold, ops, raw_word, part, num_words, bits
             )
-            out_ref[:, pl.ds(2 * h + parity, 1), :] = out.reshape(block, 1, lanes)
+            for p in range(per_group):
+                row = (per_raw * h + part) * per_group + p
+                out_ref[:, pl.ds(row, 1), :] = out[p].reshape(block, 1, lanes)
         return hi, lo, nbits, base
 
     copy.wait()
     zeros = jnp.zeros((block, lanes), jnp.uint32)
     init = (zeros, zeros, jnp.zeros((block, lanes), jnp.int32), base)
-    lax.fori_loop(0, half_groups, body, init)
+    lax.fori_loop(0, raw_rows, body, init)
 
 
 def grouped_decode_tpu(
@@ -133,24 +141,29 @@ def grouped_decode_tpu(
     lut: jax.Array,
     threshold: jax.Array,
     *,
+    bits: int = 8,
     block_sizes: BlockSizes | None = None,
     interpret: bool | object = False,
 ) -> jax.Array:
     """Mosaic TPU version-2 decode; same contract as ``reference.grouped_decode_reference``.
 
     Args:
+      bits: value width, 8 or 16.
       block_sizes: ``chunks_per_program`` (a multiple of 8: independent vregs the scheduler
         can interleave) and ``vmem_limit_bytes``.
       interpret: ``False``, or TPU interpret-mode parameters (``pltpu.InterpretParams()``)
         to run on CPU.
 
     Returns:
-      uint32[C, S // 4, L].
+      uint32[C, S * bits // 32, L].
     """
-    chunks, half_groups, lanes = raw.shape
-    steps = 8 * half_groups
+    check_bits(bits)
+    chunks, raw_rows, lanes = raw.shape
+    per_raw = groups_per_raw_word(bits)
+    steps = 4 * per_raw * raw_rows
+    out_rows = raw_rows * per_raw * words_per_group(bits)
     if chunks == 0:
-        return jnp.zeros((0, 2 * half_groups, lanes), jnp.uint32)
+        return jnp.zeros((0, out_rows, lanes), jnp.uint32)
     stream, chunk_offsets, raw, lut, threshold = kernel_arrays(
         stream, chunk_offsets, raw, lut, threshold
     )
@@ -164,25 +177,26 @@ def grouped_decode_tpu(
     kernel = functools.partial(
         _decode_kernel,
         chunks=chunks,
-        half_groups=half_groups,
+        raw_rows=raw_rows,
         stream_rows=stream_rows,
         num_words=stream.shape[0],
+        bits=bits,
     )
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=2,
         grid=(programs,),
         in_specs=[
             pl.BlockSpec(memory_space=pl.ANY),
-            pl.BlockSpec((block, half_groups, lanes), lambda b, *_: (b, 0, 0)),
+            pl.BlockSpec((block, raw_rows, lanes), lambda b, *_: (b, 0, 0)),
             pl.BlockSpec((block, LUT_SIZE), lambda b, *_: (b, 0)),
         ],
-        out_specs=pl.BlockSpec((block, 2 * half_groups, lanes), lambda b, *_: (b, 0, 0)),
+        out_specs=pl.BlockSpec((block, out_rows, lanes), lambda b, *_: (b, 0, 0)),
         scratch_shapes=[pltpu.VMEM((rows, ROW_WORDS), jnp.uint32), pltpu.SemaphoreType.DMA],
     )
-    out_bytes = chunks * steps * lanes
+    out_bytes = chunks * out_rows * lanes * 4
     return pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((chunks, 2 * half_groups, lanes), jnp.uint32),
+        out_shape=jax.ShapeDtypeStruct((chunks, out_rows, lanes), jnp.uint32),
         grid_spec=grid_spec,
         interpret=interpret,
         name="ecf8_grouped_decode",

@@ -1,8 +1,9 @@
 """Plain-jnp decoder of ECF8 format version 2: the CPU path and every kernel's oracle.
 
 Why: version 2 (docs/FORMAT.md) decodes four symbols per lane between cross-lane scans, each
-with one read of a 256-entry table, and packs them with four raw nibbles into one uint32
-output word. ``decode_group`` is that whole step, written once and shared by the XLA path and
+with one read of a 256-entry table, and packs them with four raw fields into output words:
+one uint32 of four FP8 bytes (``bits = 8``), or two of two 16-bit values each (``bits = 16``:
+BF16, FP16; symbol bits 14..7, raw byte = sign and bits 6..0). ``decode_group`` is that whole step, written once and shared by the XLA path and
 every Pallas backend; a backend supplies only ``GroupOps`` (prefix scan, word fetch, table
 read).
 
@@ -30,6 +31,22 @@ PEEK_SHIFT = 24  # peek = the top 8 bits of the 64-bit buffer's high word
 LUT_SIZE = 256
 LENGTH_MASK = 0xF  # table entry: symbol << 4 | length
 NIBBLES_PER_WORD = 8  # raw words hold two groups of four nibbles
+BITS = (8, 16)  # value widths: FP8; BF16/FP16
+
+
+def groups_per_raw_word(bits: int) -> int:
+    """Groups whose raw fields share one raw word: 2 (nibbles) or 1 (bytes)."""
+    return 2 if bits == 8 else 1
+
+
+def words_per_group(bits: int) -> int:
+    """Output words per lane per group: 1 (four bytes) or 2 (four 16-bit values)."""
+    return 1 if bits == 8 else 2
+
+
+def check_bits(bits: int) -> None:
+    if bits not in BITS:
+        raise ValueError(f"ECF8 version 2 decodes {BITS}-bit values, not {bits}")
 
 
 class GroupOps(NamedTuple):
@@ -63,7 +80,24 @@ def spread_nibbles(raw_word, g):
     return ((x & 0x08080808) << 4) | (x & 0x07070707)
 
 
-def decode_group(hi, lo, nbits, base, threshold, ops: GroupOps, raw_word, g, num_words):
+def spread_bytes(raw_word, p):
+    """Raw bytes ``2p, 2p + 1`` of a 16-bit group as the sign and low bits of two values.
+
+    Args:
+      raw_word: uint32[...] the group's raw word (byte ``j`` at bits ``8 * j``).
+      p: static output word index, 0 or 1.
+
+    Returns:
+      uint32[...] with half ``k`` = ``(byte & 0x80) << 8 | (byte & 0x7F)`` of byte ``2p + k``.
+    """
+    x = (raw_word >> (16 * p)) & 0xFFFF
+    x = (x | (x << 8)) & 0x00FF00FF
+    return ((x & 0x00800080) << 8) | (x & 0x007F007F)
+
+
+def decode_group(
+    hi, lo, nbits, base, threshold, ops: GroupOps, raw_word, g, num_words, bits: int = 8
+):
     """One group (four symbols) for a block of lanes; shared by the reference and kernels.
 
     Args:
@@ -73,12 +107,15 @@ def decode_group(hi, lo, nbits, base, threshold, ops: GroupOps, raw_word, g, num
       threshold: int32[..., 1] per chunk, refill below this many bits (4 * longest code,
         at most 32; table entries are never longer than the longest code).
       ops: the backend's helpers.
-      raw_word: uint32[..., L] the raw word holding this group's nibbles.
-      g: group index (traced or static int32).
+      raw_word: uint32[..., L] the raw word holding this group's raw fields.
+      g: group index (traced or static int32); for ``bits = 8`` its parity picks the half
+        of ``raw_word``.
       num_words: words in the stream; positions are clamped to ``[0, num_words - 1]``.
+      bits: 8 (FP8) or 16 (BF16, FP16), static.
 
     Returns:
-      ``(hi, lo, nbits, base, out)`` with out uint32[..., L] the four decoded bytes.
+      ``(hi, lo, nbits, base, out)`` with ``out`` a tuple of ``words_per_group(bits)``
+      uint32[..., L] output words (four bytes; or two 16-bit values each).
     """
     need = nbits < threshold
     needi = need.astype(jnp.int32)
@@ -90,7 +127,11 @@ def decode_group(hi, lo, nbits, base, threshold, ops: GroupOps, raw_word, g, num
     nbits = nbits + WORD_BITS * needi
     base = base + needi.sum(axis=-1, keepdims=True)
 
-    out = spread_nibbles(raw_word, g)
+    if bits == 8:
+        out = [spread_nibbles(raw_word, g)]
+    else:
+        out = [spread_bytes(raw_word, p) for p in range(2)]
+    per_word = WORD_BITS // bits
     for j in range(GROUP):
         entry = ops.lookup((hi >> PEEK_SHIFT).astype(jnp.int32))
         length = entry & LENGTH_MASK  # in [1, 8]
@@ -98,8 +139,9 @@ def decode_group(hi, lo, nbits, base, threshold, ops: GroupOps, raw_word, g, num
         hi = (hi << ulen) | (lo >> (WORD_BITS - ulen))
         lo = lo << ulen
         nbits = nbits - length
-        out = out | ((entry >> 4).astype(jnp.uint32) << (8 * j + 3))
-    return hi, lo, nbits, base, out
+        p, k = divmod(j, per_word)
+        out[p] = out[p] | ((entry >> 4).astype(jnp.uint32) << (bits * k + bits // 2 - 1))
+    return hi, lo, nbits, base, tuple(out)
 
 
 def kernel_arrays(stream, chunk_offsets, raw, lut, threshold):
@@ -122,30 +164,43 @@ def words_to_bytes(words: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)
 
 
+def words_to_values(words: jax.Array, bits: int = 8) -> jax.Array:
+    """Packed output words -> uint8 (``bits = 8``) or uint16 values, flat, in slot order."""
+    return lax.bitcast_convert_type(words, jnp.uint8 if bits == 8 else jnp.uint16).reshape(-1)
+
+
 def grouped_decode_reference(
     stream: jax.Array,
     chunk_offsets: jax.Array,
     raw: jax.Array,
     lut: jax.Array,
     threshold: jax.Array,
+    *,
+    bits: int = 8,
 ) -> jax.Array:
     """Decodes every chunk.
 
     Args:
       stream: uint32[W] code words.
       chunk_offsets: uint32[C + 1] first word of each chunk.
-      raw: uint32[C, S // 8, L] raw nibble words.
+      raw: uint32[C, S // 8, L] raw nibble words (``bits = 8``) or uint32[C, S // 4, L] raw
+        byte words (``bits = 16``).
       lut: int32[C, 256] per-chunk decode tables (``symbol << 4 | length``).
       threshold: int32[C] per chunk, a lane refills below this many buffered bits.
+      bits: value width, 8 or 16.
 
     Returns:
-      uint32[C, S // 4, L]: word ``(c, g, l)`` holds the bytes of slots
-      ``c*S*L + g*4*L + 4*l + j``, ``j`` = 0..3 from the low byte (``words_to_bytes``).
+      uint32[C, S * bits // 32, L] in slot order. ``bits = 8``: word ``(c, g, l)`` holds the
+      bytes of slots ``c*S*L + g*4*L + 4*l + j``, ``j`` = 0..3 from the low byte.
+      ``bits = 16``: word ``(c, 2g + p, l)`` holds slots ``c*S*L + g*4*L + p*2*L + 2*l + k``,
+      ``k`` = 0, 1 from the low half (``words_to_values``).
     """
-    chunks, half_groups, lanes = raw.shape
-    groups = 2 * half_groups
+    check_bits(bits)
+    chunks, raw_rows, lanes = raw.shape
+    per_raw, per_group = groups_per_raw_word(bits), words_per_group(bits)
+    groups = per_raw * raw_rows
     if chunks == 0:
-        return jnp.zeros((0, groups, lanes), jnp.uint32)
+        return jnp.zeros((0, groups * per_group, lanes), jnp.uint32)
     stream, chunk_offsets, raw, lut, threshold = kernel_arrays(
         stream, chunk_offsets, raw, lut, threshold
     )
@@ -157,14 +212,14 @@ def grouped_decode_reference(
 
     def body(carry, g):
         hi, lo, nbits, base = carry
-        raw_word = lax.dynamic_index_in_dim(raw, g // 2, axis=1, keepdims=False)
+        raw_word = lax.dynamic_index_in_dim(raw, g // per_raw, axis=1, keepdims=False)
         hi, lo, nbits, base, out = decode_group(
-            hi, lo, nbits, base, threshold[:, None], ops, raw_word, g, stream.shape[0]
+            hi, lo, nbits, base, threshold[:, None], ops, raw_word, g, stream.shape[0], bits
         )
-        return (hi, lo, nbits, base), out
+        return (hi, lo, nbits, base), jnp.stack(out, axis=1)  # [C, per_group, L]
 
     zeros = jnp.zeros((chunks, lanes), jnp.uint32)
     init = (zeros, zeros, jnp.zeros((chunks, lanes), jnp.int32),
             chunk_offsets[:chunks].astype(jnp.int32)[:, None])  # fmt: skip
-    _, out = lax.scan(body, init, jnp.arange(groups, dtype=jnp.int32))  # [G, C, L]
-    return out.transpose(1, 0, 2)
+    _, out = lax.scan(body, init, jnp.arange(groups, dtype=jnp.int32))  # [G, C, P, L]
+    return out.transpose(1, 0, 2, 3).reshape(chunks, groups * per_group, lanes)

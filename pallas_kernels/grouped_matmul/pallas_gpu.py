@@ -79,7 +79,7 @@ def _fused_kernel(
     def next_word(g, state):
         hi, lo, nbits, base = state
         raw_word = raw_ref[c, g // 2, :]
-        hi, lo, nbits, base, word = decode_group(
+        hi, lo, nbits, base, (word,) = decode_group(
             hi, lo, nbits, base, threshold, ops, raw_word, g, num_words
         )
         return word, (hi, lo, nbits, base)
