@@ -1,9 +1,10 @@
 """Dispatch for ECF8 version-2 decoding: a backend by name, or by the lowering platform.
 
 ``decode(..., implementation=None)`` picks the kernel of the platform the program is being
-*lowered* for (``lax.platform_dependent``: Triton for CUDA, Mosaic for TPU, the plain-jnp
-``xla`` reference elsewhere), so a program traced on a CPU host and compiled for a TPU
-topology or an abstract H200 gets the device kernel. An explicit ``implementation=`` never
+*lowered* for (``lax.platform_dependent``: Triton for CUDA, Mosaic for TPU, the C++ FFI
+handler ``native_cpu`` for CPU, the plain-jnp ``xla`` reference elsewhere, and on CPU too when
+``ECF8_NATIVE=0`` or the handler cannot be built, then with one warning), so a program traced
+on a CPU host and compiled for a TPU topology or an abstract H200 gets the device kernel. An explicit ``implementation=`` never
 falls back; it raises with the reason when the shapes cannot be taken, and a kernel lowered
 for a platform it does not support fails in the lowering with Pallas' message.
 """
@@ -17,13 +18,14 @@ import jax
 from jax import lax
 
 from pallas_kernels import compat
+from pallas_kernels.grouped_decode import native_cpu
 from pallas_kernels.grouped_decode.config import BlockSizes
 from pallas_kernels.grouped_decode.pallas_gpu import grouped_decode_gpu
 from pallas_kernels.grouped_decode.pallas_tpu import grouped_decode_tpu
 from pallas_kernels.grouped_decode.reference import grouped_decode_reference
 
-Implementation = Literal["xla", "pallas_gpu", "pallas_tpu"]
-IMPLEMENTATIONS: tuple[Implementation, ...] = ("xla", "pallas_gpu", "pallas_tpu")
+Implementation = Literal["xla", "pallas_gpu", "pallas_tpu", "native_cpu"]
+IMPLEMENTATIONS: tuple[Implementation, ...] = ("xla", "pallas_gpu", "pallas_tpu", "native_cpu")
 
 
 def shapes_supported(implementation: str, raw_shape) -> str | None:
@@ -35,7 +37,7 @@ def shapes_supported(implementation: str, raw_shape) -> str | None:
     """
     if implementation not in IMPLEMENTATIONS:
         return f"unknown implementation {implementation!r}; available: {IMPLEMENTATIONS}"
-    if implementation != "xla" and raw_shape[-1] != 128:
+    if implementation not in ("xla", "native_cpu") and raw_shape[-1] != 128:
         return f"{implementation} needs 128 lanes, got {raw_shape[-1]}"
     return None
 
@@ -46,7 +48,25 @@ def _run(implementation, args, bits, block_sizes, interpret):
     if implementation == "pallas_tpu":
         params = compat.tpu_interpret_params() if interpret else False
         return grouped_decode_tpu(*args, bits=bits, block_sizes=block_sizes, interpret=params)
+    if implementation == "native_cpu":
+        return native_cpu.grouped_decode_native(*args, bits=bits)
     return grouped_decode_reference(*args, bits=bits)
+
+
+_native_warned = False
+
+
+def _native_usable() -> bool:
+    """Whether the default CPU branch is the native decoder; warns once if it cannot be built
+    (``ECF8_NATIVE=0`` turns it off silently)."""
+    global _native_warned
+    if not native_cpu.enabled():
+        return False
+    reason = native_cpu.unavailable_reason()
+    if reason is not None and not _native_warned:
+        _native_warned = True
+        warnings.warn(f"ECF8 decode on cpu falls back to xla: {reason}", stacklevel=3)
+    return reason is None
 
 
 def decode(
@@ -89,6 +109,8 @@ def decode(
             branches[platform] = lambda *a, name=name: _run(name, a, bits, block_sizes, False)
         else:
             warnings.warn(f"ECF8 decode on {platform} falls back to xla: {reason}", stacklevel=2)
+    if _native_usable():
+        branches["cpu"] = lambda *a: _run("native_cpu", a, bits, None, False)
     return lax.platform_dependent(
         *args, default=lambda *a: _run("xla", a, bits, None, False), **branches
     )

@@ -53,6 +53,7 @@ struct Problem {
   int64_t groups;
   int64_t raw_rows;
   int bits;
+  bool vector;  // use SIMD where the CPU has it
 };
 
 // XLA shift semantics: a logical shift by >= 32 gives 0.
@@ -190,7 +191,131 @@ void DecodeChunkExact(const Problem& a, int64_t c, uint64_t* buf, int32_t* nbits
   }
 }
 
+
+#if defined(__x86_64__) || defined(__i386__)
+#define ECF8_X86 1
+#include <immintrin.h>
+
+// Exclusive prefix sums of the 8 bits of a lane mask: kPrefix8[m][i] = popcount(m & ((1 << i) - 1)).
+struct Prefix8 {
+  alignas(32) int32_t v[256][8];
+  Prefix8() {
+    for (int m = 0; m < 256; ++m) {
+      int32_t s = 0;
+      for (int i = 0; i < 8; ++i) {
+        v[m][i] = s;
+        s += (m >> i) & 1;
+      }
+    }
+  }
+};
+const Prefix8 kPrefix8;
+
+// One chunk, 8 lanes per AVX2 vector. The vector shifts already have XLA's semantics (a count
+// >= 32 gives 0) and the compare is signed, so this is the reference's exact arithmetic for
+// every input: no fast/exact split. Positions are clamped in vectors before the gather.
+template <int kBits>
+__attribute__((target("avx2,popcnt"))) void DecodeChunkAvx2(const Problem& a, int64_t c,
+                                                             uint32_t* his, uint32_t* los,
+                                                             int32_t* nbs) {
+  constexpr int kPerRaw = kBits == 8 ? 2 : 1;
+  constexpr int kWords = kBits == 8 ? 1 : 2;
+  constexpr int kPerWord = 32 / kBits;
+  constexpr int kSymShift = kBits / 2 - 1;
+  const int64_t lanes = a.lanes;
+  const int* table = reinterpret_cast<const int*>(a.lut + c * kLutSize);
+  const int* stream = reinterpret_cast<const int*>(a.stream);
+  const __m256i threshold = _mm256_set1_epi32(a.threshold[c]);
+  const __m256i last = _mm256_set1_epi32(
+      static_cast<int32_t>(std::min<int64_t>(a.num_words - 1, INT32_MAX)));
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i c15 = _mm256_set1_epi32(15), c31 = _mm256_set1_epi32(31),
+                c32 = _mm256_set1_epi32(32);
+  uint32_t base = a.offsets[c];
+  std::fill(his, his + lanes, 0);
+  std::fill(los, los + lanes, 0);
+  std::fill(nbs, nbs + lanes, 0);
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const uint32_t* raw_row = a.raw + (c * a.raw_rows + g / kPerRaw) * lanes;
+    uint32_t* out_row = a.out + (c * a.groups + g) * kWords * lanes;
+    for (int64_t l = 0; l < lanes; l += 8) {
+      __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(his + l));
+      __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(los + l));
+      __m256i nb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nbs + l));
+      const __m256i need = _mm256_cmpgt_epi32(threshold, nb);
+      const int mask = _mm256_movemask_ps(_mm256_castsi256_ps(need));
+      __m256i pos = _mm256_add_epi32(
+          _mm256_set1_epi32(static_cast<int32_t>(base)),
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(kPrefix8.v[mask])));
+      pos = _mm256_min_epi32(_mm256_max_epi32(pos, zero), last);
+      const __m256i word = _mm256_and_si256(_mm256_i32gather_epi32(stream, pos, 4), need);
+      hi = _mm256_or_si256(hi, _mm256_srlv_epi32(word, nb));
+      lo = _mm256_or_si256(
+          lo, _mm256_sllv_epi32(_mm256_slli_epi32(word, 1), _mm256_sub_epi32(c31, nb)));
+      nb = _mm256_add_epi32(nb, _mm256_and_si256(need, c32));
+      base += static_cast<uint32_t>(__builtin_popcount(mask));
+      const __m256i rw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw_row + l));
+      __m256i out[kWords];
+      if constexpr (kBits == 8) {
+        __m256i x = _mm256_and_si256(_mm256_srli_epi32(rw, (g & 1) * 16),
+                                     _mm256_set1_epi32(0xFFFF));
+        x = _mm256_and_si256(_mm256_or_si256(x, _mm256_slli_epi32(x, 8)),
+                             _mm256_set1_epi32(0x00FF00FF));
+        x = _mm256_and_si256(_mm256_or_si256(x, _mm256_slli_epi32(x, 4)),
+                             _mm256_set1_epi32(0x0F0F0F0F));
+        out[0] = _mm256_or_si256(
+            _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x08080808)), 4),
+            _mm256_and_si256(x, _mm256_set1_epi32(0x07070707)));
+      } else {
+        for (int p = 0; p < 2; ++p) {
+          __m256i x = p ? _mm256_srli_epi32(rw, 16) : _mm256_and_si256(rw, _mm256_set1_epi32(0xFFFF));
+          x = _mm256_and_si256(_mm256_or_si256(x, _mm256_slli_epi32(x, 8)),
+                               _mm256_set1_epi32(0x00FF00FF));
+          out[p] = _mm256_or_si256(
+              _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x00800080)), 8),
+              _mm256_and_si256(x, _mm256_set1_epi32(0x007F007F)));
+        }
+      }
+      for (int j = 0; j < kGroup; ++j) {
+        const __m256i entry = _mm256_i32gather_epi32(table, _mm256_srli_epi32(hi, 24), 4);
+        const __m256i length = _mm256_and_si256(entry, c15);
+        hi = _mm256_or_si256(_mm256_sllv_epi32(hi, length),
+                             _mm256_srlv_epi32(lo, _mm256_sub_epi32(c32, length)));
+        lo = _mm256_sllv_epi32(lo, length);
+        nb = _mm256_sub_epi32(nb, length);
+        out[j / kPerWord] = _mm256_or_si256(
+            out[j / kPerWord],
+            _mm256_slli_epi32(_mm256_srai_epi32(entry, 4), kBits * (j % kPerWord) + kSymShift));
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(his + l), hi);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(los + l), lo);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(nbs + l), nb);
+      for (int p = 0; p < kWords; ++p) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_row + p * lanes + l), out[p]);
+      }
+    }
+  }
+}
+
+bool HasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+  return has;
+}
+#endif  // x86
+
 void DecodeChunk(const Problem& a, int64_t c, uint64_t* buf, int32_t* nbits) {
+#ifdef ECF8_X86
+  if (a.vector && HasAvx2() && a.lanes % 8 == 0) {
+    // buf holds 2 * lanes uint32 words here: hi, then lo.
+    uint32_t* his = reinterpret_cast<uint32_t*>(buf);
+    if (a.bits == 8) {
+      DecodeChunkAvx2<8>(a, c, his, his + a.lanes, nbits);
+    } else {
+      DecodeChunkAvx2<16>(a, c, his, his + a.lanes, nbits);
+    }
+    return;
+  }
+#endif
   const bool fast = FastPathHolds(a.lut + c * kLutSize, a.threshold[c]);
   if (a.bits == 8) {
     fast ? DecodeChunkFast<8>(a, c, buf, nbits) : DecodeChunkExact<8>(a, c, buf, nbits);
@@ -222,7 +347,7 @@ struct Work {
 ffi::Error GroupedDecode(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> stream,
                          ffi::Buffer<ffi::U32> offsets, ffi::Buffer<ffi::U32> raw,
                          ffi::Buffer<ffi::S32> lut, ffi::Buffer<ffi::S32> threshold,
-                         ffi::ResultBuffer<ffi::U32> out, int64_t bits, int64_t max_threads) {
+                         ffi::ResultBuffer<ffi::U32> out, int64_t bits, int64_t max_threads, bool vector) {
   if (bits != 8 && bits != 16) {
     return ffi::Error::InvalidArgument("ecf8 grouped decode: bits must be 8 or 16, got " +
                                        std::to_string(bits));
@@ -246,7 +371,7 @@ ffi::Error GroupedDecode(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> stream,
   auto work = std::make_shared<Work>();
   work->problem = Problem{stream.typed_data(), num_words, offsets.typed_data(),
                           raw.typed_data(), lut.typed_data(), threshold.typed_data(),
-                          out->typed_data(), lanes, groups, raw_rows, static_cast<int>(bits)};
+                          out->typed_data(), lanes, groups, raw_rows, static_cast<int>(bits), vector};
   work->chunks = chunks;
   int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
   if (max_threads > 0) helpers = std::min<int64_t>(helpers, max_threads - 1);
@@ -279,4 +404,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Ecf8GroupedDecode, GroupedDecode,
                                   .Arg<ffi::Buffer<ffi::S32>>()  // threshold
                                   .Ret<ffi::Buffer<ffi::U32>>()  // out
                                   .Attr<int64_t>("bits")
-                                  .Attr<int64_t>("max_threads"));
+                                  .Attr<int64_t>("max_threads")
+                                  .Attr<bool>("vector"));

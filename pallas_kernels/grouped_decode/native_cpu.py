@@ -193,6 +193,7 @@ def grouped_decode_native(
     *,
     bits: int = 8,
     max_threads: int = 0,
+    vector: bool = True,
 ) -> jax.Array:
     """Decodes every chunk on the CPU; the contract of ``grouped_decode_reference``.
 
@@ -200,6 +201,8 @@ def grouped_decode_native(
       stream, chunk_offsets, raw, lut, threshold: the raw arrays (see the reference).
       bits: value width, 8 or 16 (static).
       max_threads: at most this many threads per call (0: XLA's intra-op pool and the caller).
+      vector: use the AVX2 loop where the CPU has it (False: the portable scalar loop, which
+        every other CPU runs; for tests).
 
     Returns:
       uint32[C, S * bits // 32, L].
@@ -218,4 +221,4 @@ def grouped_decode_native(
         TARGET, jax.ShapeDtypeStruct(shape, jnp.uint32), vmap_method="sequential"
     )
     args = kernel_arrays(stream, chunk_offsets, raw, lut, threshold)
-    return call(*args, bits=int(bits), max_threads=int(max_threads))
+    return call(*args, bits=int(bits), max_threads=int(max_threads), vector=bool(vector))
