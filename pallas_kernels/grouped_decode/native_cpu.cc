@@ -53,7 +53,7 @@ struct Problem {
   int64_t groups;
   int64_t raw_rows;
   int bits;
-  bool vector;  // use SIMD where the CPU has it
+  int simd;  // the widest loop to use: 0 scalar, 1 AVX2, 2 AVX-512 (where the CPU has it)
 };
 
 // XLA shift semantics: a logical shift by >= 32 gives 0.
@@ -301,11 +301,146 @@ bool HasAvx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
   return has;
 }
+
+// Whether every entry of a chunk's table fits in a byte (always, for tables the format
+// builds): the AVX-512 loop then reads the table with two byte permutes instead of a gather.
+bool TableFitsBytes(const int32_t* table) {
+  for (int p = 0; p < kLutSize; ++p) {
+    if (table[p] < 0 || table[p] > 255) return false;
+  }
+  return true;
+}
+
+// One chunk, 16 lanes per AVX-512 vector; the same exact arithmetic as DecodeChunkAvx2. A
+// lane's exclusive prefix among the refilling lanes is an expand of 0, 1, 2, ...; when every
+// position is in range the words come from one expand-load, else from a clamped gather. With
+// byte-sized entries (kBytes) the 256-entry table lives in four registers: two vpermi2b of
+// 128 entries each, picked by the peek's bit 7.
+template <int kBits, bool kBytes>
+__attribute__((target("avx512f,avx512bw,avx512vbmi,popcnt"))) void DecodeChunkAvx512(
+    const Problem& a, int64_t c, uint32_t* his, uint32_t* los, int32_t* nbs) {
+  constexpr int kPerRaw = kBits == 8 ? 2 : 1;
+  constexpr int kWords = kBits == 8 ? 1 : 2;
+  constexpr int kPerWord = 32 / kBits;
+  constexpr int kSymShift = kBits / 2 - 1;
+  const int64_t lanes = a.lanes;
+  const int32_t* table32 = a.lut + c * kLutSize;
+  alignas(64) uint8_t bytes[kLutSize];
+  for (int p = 0; p < kLutSize; ++p) bytes[p] = static_cast<uint8_t>(table32[p]);
+  const __m512i t0 = _mm512_load_si512(bytes), t1 = _mm512_load_si512(bytes + 64),
+                t2 = _mm512_load_si512(bytes + 128), t3 = _mm512_load_si512(bytes + 192);
+  const int* stream = reinterpret_cast<const int*>(a.stream);
+  const int64_t num_words = a.num_words;
+  const __m512i threshold = _mm512_set1_epi32(a.threshold[c]);
+  const __m512i last = _mm512_set1_epi32(
+      static_cast<int32_t>(std::min<int64_t>(num_words - 1, INT32_MAX)));
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i c15 = _mm512_set1_epi32(15), c31 = _mm512_set1_epi32(31),
+                c32 = _mm512_set1_epi32(32), c80 = _mm512_set1_epi32(0x80),
+                cff = _mm512_set1_epi32(0xFF);
+  uint32_t base = a.offsets[c];
+  std::fill(his, his + lanes, 0);
+  std::fill(los, los + lanes, 0);
+  std::fill(nbs, nbs + lanes, 0);
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const uint32_t* raw_row = a.raw + (c * a.raw_rows + g / kPerRaw) * lanes;
+    uint32_t* out_row = a.out + (c * a.groups + g) * kWords * lanes;
+    for (int64_t l = 0; l < lanes; l += 16) {
+      __m512i hi = _mm512_loadu_si512(his + l);
+      __m512i lo = _mm512_loadu_si512(los + l);
+      __m512i nb = _mm512_loadu_si512(nbs + l);
+      const __mmask16 need = _mm512_cmpgt_epi32_mask(threshold, nb);
+      const uint32_t count = static_cast<uint32_t>(__builtin_popcount(need));
+      const int64_t first = static_cast<int32_t>(base);
+      __m512i word;
+      if (first >= 0 && first + count <= num_words) {
+        word = _mm512_maskz_expandloadu_epi32(need, stream + first);
+      } else {
+        __m512i pos = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(base)),
+                                       _mm512_maskz_expand_epi32(need, iota));
+        pos = _mm512_min_epi32(_mm512_max_epi32(pos, zero), last);
+        word = _mm512_mask_i32gather_epi32(zero, need, pos, stream, 4);
+      }
+      hi = _mm512_or_si512(hi, _mm512_srlv_epi32(word, nb));
+      lo = _mm512_or_si512(
+          lo, _mm512_sllv_epi32(_mm512_slli_epi32(word, 1), _mm512_sub_epi32(c31, nb)));
+      nb = _mm512_mask_add_epi32(nb, need, nb, c32);
+      base += count;
+      const __m512i rw = _mm512_loadu_si512(raw_row + l);
+      __m512i out[kWords];
+      if constexpr (kBits == 8) {
+        __m512i x = _mm512_and_si512(_mm512_srli_epi32(rw, (g & 1) * 16),
+                                     _mm512_set1_epi32(0xFFFF));
+        x = _mm512_and_si512(_mm512_or_si512(x, _mm512_slli_epi32(x, 8)),
+                             _mm512_set1_epi32(0x00FF00FF));
+        x = _mm512_and_si512(_mm512_or_si512(x, _mm512_slli_epi32(x, 4)),
+                             _mm512_set1_epi32(0x0F0F0F0F));
+        out[0] = _mm512_or_si512(
+            _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x08080808)), 4),
+            _mm512_and_si512(x, _mm512_set1_epi32(0x07070707)));
+      } else {
+        for (int p = 0; p < 2; ++p) {
+          __m512i x = p ? _mm512_srli_epi32(rw, 16)
+                        : _mm512_and_si512(rw, _mm512_set1_epi32(0xFFFF));
+          x = _mm512_and_si512(_mm512_or_si512(x, _mm512_slli_epi32(x, 8)),
+                               _mm512_set1_epi32(0x00FF00FF));
+          out[p] = _mm512_or_si512(
+              _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x00800080)), 8),
+              _mm512_and_si512(x, _mm512_set1_epi32(0x007F007F)));
+        }
+      }
+      for (int j = 0; j < kGroup; ++j) {
+        const __m512i peek = _mm512_srli_epi32(hi, 24);
+        __m512i entry;
+        if constexpr (kBytes) {
+          const __m512i low = _mm512_permutex2var_epi8(t0, peek, t1);
+          const __m512i high = _mm512_permutex2var_epi8(t2, peek, t3);
+          entry = _mm512_and_si512(
+              _mm512_mask_blend_epi32(_mm512_test_epi32_mask(peek, c80), low, high), cff);
+        } else {
+          entry = _mm512_i32gather_epi32(peek, table32, 4);
+        }
+        const __m512i length = _mm512_and_si512(entry, c15);
+        hi = _mm512_or_si512(_mm512_sllv_epi32(hi, length),
+                             _mm512_srlv_epi32(lo, _mm512_sub_epi32(c32, length)));
+        lo = _mm512_sllv_epi32(lo, length);
+        nb = _mm512_sub_epi32(nb, length);
+        out[j / kPerWord] = _mm512_or_si512(
+            out[j / kPerWord],
+            _mm512_slli_epi32(_mm512_srai_epi32(entry, 4), kBits * (j % kPerWord) + kSymShift));
+      }
+      _mm512_storeu_si512(his + l, hi);
+      _mm512_storeu_si512(los + l, lo);
+      _mm512_storeu_si512(nbs + l, nb);
+      for (int p = 0; p < kWords; ++p) _mm512_storeu_si512(out_row + p * lanes + l, out[p]);
+    }
+  }
+}
+
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vbmi");
+  return has;
+}
 #endif  // x86
 
 void DecodeChunk(const Problem& a, int64_t c, uint64_t* buf, int32_t* nbits) {
 #ifdef ECF8_X86
-  if (a.vector && HasAvx2() && a.lanes % 8 == 0) {
+  if (a.simd >= 2 && HasAvx512() && a.lanes % 16 == 0) {
+    uint32_t* his = reinterpret_cast<uint32_t*>(buf);
+    const bool bytes = TableFitsBytes(a.lut + c * kLutSize);
+    if (a.bits == 8) {
+      bytes ? DecodeChunkAvx512<8, true>(a, c, his, his + a.lanes, nbits)
+            : DecodeChunkAvx512<8, false>(a, c, his, his + a.lanes, nbits);
+    } else {
+      bytes ? DecodeChunkAvx512<16, true>(a, c, his, his + a.lanes, nbits)
+            : DecodeChunkAvx512<16, false>(a, c, his, his + a.lanes, nbits);
+    }
+    return;
+  }
+  if (a.simd >= 1 && HasAvx2() && a.lanes % 8 == 0) {
     // buf holds 2 * lanes uint32 words here: hi, then lo.
     uint32_t* his = reinterpret_cast<uint32_t*>(buf);
     if (a.bits == 8) {
@@ -347,7 +482,7 @@ struct Work {
 ffi::Error GroupedDecode(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> stream,
                          ffi::Buffer<ffi::U32> offsets, ffi::Buffer<ffi::U32> raw,
                          ffi::Buffer<ffi::S32> lut, ffi::Buffer<ffi::S32> threshold,
-                         ffi::ResultBuffer<ffi::U32> out, int64_t bits, int64_t max_threads, bool vector) {
+                         ffi::ResultBuffer<ffi::U32> out, int64_t bits, int64_t max_threads, int64_t simd) {
   if (bits != 8 && bits != 16) {
     return ffi::Error::InvalidArgument("ecf8 grouped decode: bits must be 8 or 16, got " +
                                        std::to_string(bits));
@@ -371,7 +506,7 @@ ffi::Error GroupedDecode(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> stream,
   auto work = std::make_shared<Work>();
   work->problem = Problem{stream.typed_data(), num_words, offsets.typed_data(),
                           raw.typed_data(), lut.typed_data(), threshold.typed_data(),
-                          out->typed_data(), lanes, groups, raw_rows, static_cast<int>(bits), vector};
+                          out->typed_data(), lanes, groups, raw_rows, static_cast<int>(bits), static_cast<int>(simd)};
   work->chunks = chunks;
   int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
   if (max_threads > 0) helpers = std::min<int64_t>(helpers, max_threads - 1);
@@ -405,4 +540,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Ecf8GroupedDecode, GroupedDecode,
                                   .Ret<ffi::Buffer<ffi::U32>>()  // out
                                   .Attr<int64_t>("bits")
                                   .Attr<int64_t>("max_threads")
-                                  .Attr<bool>("vector"));
+                                  .Attr<int64_t>("simd"));

@@ -52,6 +52,9 @@ SOURCE = pathlib.Path(__file__).with_name("native_cpu.cc")
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c++17")
 """Portable code only (no ``-march=native``): the cached library may be shared by machines."""
 
+SIMD_NONE, SIMD_AVX2, SIMD_AVX512 = 0, 1, 2
+"""Loops of ``native_cpu.cc``: scalar (any CPU), AVX2, AVX-512 with VBMI, picked at run time."""
+
 ENV_SWITCH = "ECF8_NATIVE"
 """``ECF8_NATIVE=0`` disables the native decoder (the default CPU path is then the reference)."""
 
@@ -193,7 +196,7 @@ def grouped_decode_native(
     *,
     bits: int = 8,
     max_threads: int = 0,
-    vector: bool = True,
+    simd: int = SIMD_AVX512,
 ) -> jax.Array:
     """Decodes every chunk on the CPU; the contract of ``grouped_decode_reference``.
 
@@ -201,8 +204,8 @@ def grouped_decode_native(
       stream, chunk_offsets, raw, lut, threshold: the raw arrays (see the reference).
       bits: value width, 8 or 16 (static).
       max_threads: at most this many threads per call (0: XLA's intra-op pool and the caller).
-      vector: use the AVX2 loop where the CPU has it (False: the portable scalar loop, which
-        every other CPU runs; for tests).
+      simd: the widest loop to use where the CPU has it: ``SIMD_AVX512`` (default),
+        ``SIMD_AVX2`` or ``SIMD_NONE`` (the portable scalar loop); all are bit-identical.
 
     Returns:
       uint32[C, S * bits // 32, L].
@@ -221,4 +224,4 @@ def grouped_decode_native(
         TARGET, jax.ShapeDtypeStruct(shape, jnp.uint32), vmap_method="sequential"
     )
     args = kernel_arrays(stream, chunk_offsets, raw, lut, threshold)
-    return call(*args, bits=int(bits), max_threads=int(max_threads), vector=bool(vector))
+    return call(*args, bits=int(bits), max_threads=int(max_threads), simd=int(simd))
