@@ -30,8 +30,11 @@ Columns (bits/weight = 8 * compressed bytes / weights):
   ``exponent_entropy``, the size of a coder that entropy-codes the exponent alone.
 - ``*_encode_mbps``, ``*_decode_mbps``: medians over ``--repeats`` runs of the whole corpus, in MB
   (10**6 bytes of raw FP8) per second, on the CPU. ECF8 decode is ``jax.jit(ecf8_jax.decode)`` on
-  the jax CPU device, compiled beforehand, with ``jax.block_until_ready`` on the outputs; zipnn
-  may use several threads, zstd and ECF8 encode use one.
+  the jax CPU device, compiled beforehand, with ``jax.block_until_ready`` on the outputs: the
+  native C++ decoder (``pallas_kernels/grouped_decode/native_cpu.cc``, XLA's intra-op threads)
+  unless ``ECF8_NATIVE=0`` or no compiler; ``ecf8_jnp_decode_mbps`` is the plain-jnp reference
+  (``implementation="xla"``) beside it. zipnn may use several threads, zstd and ECF8 encode one
+  (``taskset -c 0`` for one core in all).
 
 zipnn (which needs torch) is optional: without it its columns are "n/a" (JSON null).
 """
@@ -269,11 +272,13 @@ def bench_ecf8(
 
     cpu = jax.devices("cpu")[0]
     decode = jax.jit(ecf8_jax.decode)
+    decode_jnp = jax.jit(lambda t: ecf8_jax.decode(t, implementation="xla"))
     on_cpu = jax.device_put(encoded, cpu)
-    for i, (q, out) in enumerate(
-        zip(qs, jax.block_until_ready([decode(t) for t in on_cpu]), strict=True)
-    ):
-        _check_array("ECF8", corpus.name, i, q, out)  # also the warm-up: every shape compiled
+    for f in (decode, decode_jnp):
+        for i, (q, out) in enumerate(
+            zip(qs, jax.block_until_ready([f(t) for t in on_cpu]), strict=True)
+        ):
+            _check_array("ECF8", corpus.name, i, q, out)  # also the warm-up: every shape compiled
 
     breakdown: dict[str, float] = {}
     for q, t in zip(qs, encoded, strict=True):
@@ -286,11 +291,15 @@ def bench_ecf8(
     dec_s = median_time(
         lambda: jax.block_until_ready([decode(t) for t in on_cpu]), repeats, warmup=0
     )
+    jnp_s = median_time(
+        lambda: jax.block_until_ready([decode_jnp(t) for t in on_cpu]), repeats, warmup=0
+    )
     return {
         "ecf8_bpw": _bpw(nbytes, corpus.n_weights),
         "ecf8_v1_bpw": _bpw(v1_bytes, corpus.n_weights),
         "ecf8_encode_mbps": throughput_mbps(raw, enc_s),
         "ecf8_decode_mbps": throughput_mbps(raw, dec_s),
+        "ecf8_jnp_decode_mbps": throughput_mbps(raw, jnp_s),
     }, {"ecf8_breakdown_bpw": breakdown}
 
 
@@ -373,6 +382,7 @@ SPEED_COLUMNS = [
     Column("corpus", "corpus"),
     Column("ecf8_encode_mbps", "ECF8 enc", ".1f"),
     Column("ecf8_decode_mbps", "ECF8 dec", ".1f"),
+    Column("ecf8_jnp_decode_mbps", "ECF8 jnp dec", ".1f"),
     Column("zstd_encode_mbps", "zstd enc", ".1f"),
     Column("zstd_decode_mbps", "zstd dec", ".1f"),
     Column("zipnn_encode_mbps", "zipnn enc", ".1f"),

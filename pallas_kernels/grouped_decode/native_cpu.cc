@@ -1,18 +1,26 @@
 // Native CPU decoder of ECF8 format version 2, an XLA FFI handler.
 //
 // Why: the plain-jnp reference advances all chunks and lanes together, one group per scan
-// step, and XLA:CPU runs each step as a dozen separate loops over [C, 128] arrays (150-600
-// MB/s). Here one thread walks a chunk's 128 lanes in order with each lane's 64-bit buffer in
-// a register: the cross-lane exclusive prefix sum becomes a running counter and a table read,
-// a shift and an OR decode each code.
+// step, and XLA:CPU runs each step as a dozen separate loops over [C, 128] arrays (60-150
+// MB/s on a loaded 2-core host). Here one thread decodes a chunk, group by group, lane block
+// by lane block, with the lanes' buffers in vector registers: the cross-lane exclusive prefix
+// sum is a running counter (scalar), a prefix table (AVX2) or an expand (AVX-512).
+//
+// Loops, picked at run time from the CPU (the library is built without -march, so one cached
+// build serves every x86-64 and non-x86 machine):
+//   AVX-512 (F, BW, VBMI), 16 lanes: refills by expand-load; a byte-sized table lives in four
+//     zmm registers and is read with two vpermi2b (a table gather otherwise);
+//   AVX2, 8 lanes: refill and table reads are gathers (positions clamped in vectors);
+//   scalar: any CPU.
 //
 // Numerics: bit-identical to pallas_kernels/grouped_decode/reference.py for every input,
-// malformed ones included. A chunk whose threshold T and table satisfy the format's invariant
-// (T <= 32, every entry no longer than T / 4) keeps each lane's bit count in [0, 63], so a
-// uint64 buffer reproduces the reference's (hi, lo) pair exactly ("fast" path). Any other
-// chunk (a corrupted table or threshold) runs the reference's uint32/int32 arithmetic with
-// XLA's shift semantics (a shift by >= 32 gives 0) and int32 wrap-around ("exact" path), so
-// it decodes to the same garbage. Stream positions are clamped to [0, W - 1] in both.
+// malformed ones included. The vector loops use the reference's (hi, lo) uint32 pair and
+// int32 bit counts: vector shifts by >= 32 give 0 like XLA's, so they are exact for any
+// table and threshold. The scalar loop keeps a uint64 buffer where the format's invariant
+// holds (T <= 32, no entry longer than T / 4: the bit count stays in [0, 63]) and otherwise
+// runs the reference's arithmetic with XLA's shift semantics and int32 wrap-around, so a
+// corrupted table or threshold decodes to the same garbage. Stream positions are clamped to
+// [0, W - 1] everywhere.
 //
 // Backend: XLA:CPU through the FFI (jax.ffi.ffi_call); chunks are spread over XLA's intra-op
 // thread pool (the calling thread works too, so it never waits on a busy pool).

@@ -1,10 +1,10 @@
 """ECF8 version-2 decode on the CPU as a native XLA FFI handler (``native_cpu.cc``).
 
 Why: the plain-jnp reference runs every group of every chunk as a dozen XLA:CPU loops over
-``[C, 128]`` arrays (150-600 MB/s of decoded FP8 on one core). The C++ handler walks a
-chunk's lanes in order with each lane's 64-bit buffer in a register: the cross-lane prefix
-sum is a running counter, each code one table read, a shift and an OR. Chunks are spread over
-XLA's intra-op thread pool.
+``[C, 128]`` arrays (150-600 MB/s of decoded FP8 on one core). The C++ handler decodes a
+chunk group by group with 8 or 16 lanes' bit buffers in vector registers (AVX2, AVX-512 with
+VBMI; a scalar loop elsewhere, picked at run time): each code is one table read, a few shifts
+and an OR. Chunks are spread over XLA's intra-op thread pool.
 
 Numerics: bit-identical to ``reference.grouped_decode_reference`` on every input, malformed
 tables, thresholds and offsets included (chunks outside the format's invariant run the
