@@ -325,7 +325,7 @@ bool TableFitsBytes(const int32_t* table) {
 // byte-sized entries (kBytes) the 256-entry table lives in four registers: two vpermi2b of
 // 128 entries each, picked by the peek's bit 7.
 template <int kBits, bool kBytes>
-__attribute__((target("avx512f,avx512bw,avx512vbmi,popcnt"))) void DecodeChunkAvx512(
+__attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vbmi2,popcnt"))) void DecodeChunkAvx512(
     const Problem& a, int64_t c, uint32_t* his, uint32_t* los, int32_t* nbs) {
   constexpr int kPerRaw = kBits == 8 ? 2 : 1;
   constexpr int kWords = kBits == 8 ? 1 : 2;
@@ -346,7 +346,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi,popcnt"))) void DecodeChunkAv
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i c15 = _mm512_set1_epi32(15), c31 = _mm512_set1_epi32(31),
                 c32 = _mm512_set1_epi32(32), c80 = _mm512_set1_epi32(0x80),
-                cff = _mm512_set1_epi32(0xFF);
+                cf0 = _mm512_set1_epi32(0xF0);
   uint32_t base = a.offsets[c];
   std::fill(his, his + lanes, 0);
   std::fill(los, los + lanes, 0);
@@ -398,25 +398,30 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi,popcnt"))) void DecodeChunkAv
               _mm512_and_si512(x, _mm512_set1_epi32(0x007F007F)));
         }
       }
+#pragma GCC unroll 4
       for (int j = 0; j < kGroup; ++j) {
         const __m512i peek = _mm512_srli_epi32(hi, 24);
-        __m512i entry;
+        const int shift = kBits * (j % kPerWord) + kSymShift;  // the symbol's place
+        __m512i entry, symbol;
         if constexpr (kBytes) {
+          // Bytes 1..3 of each dword look up entry 0: only the low byte is the entry.
           const __m512i low = _mm512_permutex2var_epi8(t0, peek, t1);
           const __m512i high = _mm512_permutex2var_epi8(t2, peek, t3);
-          entry = _mm512_and_si512(
-              _mm512_mask_blend_epi32(_mm512_test_epi32_mask(peek, c80), low, high), cff);
+          entry = _mm512_mask_blend_epi32(_mm512_test_epi32_mask(peek, c80), low, high);
+          const __m512i sym = _mm512_and_si512(entry, cf0);  // symbol << 4
+          symbol = shift >= 4 ? _mm512_slli_epi32(sym, shift - 4)
+                              : _mm512_srli_epi32(sym, 4 - shift);
         } else {
           entry = _mm512_i32gather_epi32(peek, table32, 4);
+          symbol = _mm512_slli_epi32(_mm512_srai_epi32(entry, 4), shift);
         }
         const __m512i length = _mm512_and_si512(entry, c15);
-        hi = _mm512_or_si512(_mm512_sllv_epi32(hi, length),
-                             _mm512_srlv_epi32(lo, _mm512_sub_epi32(c32, length)));
+        // (hi << length) | (lo >> (32 - length)) in one vpshldvd: length <= 15, and length
+        // 0 gives hi as XLA's shift by 32 does.
+        hi = _mm512_shldv_epi32(hi, lo, length);
         lo = _mm512_sllv_epi32(lo, length);
         nb = _mm512_sub_epi32(nb, length);
-        out[j / kPerWord] = _mm512_or_si512(
-            out[j / kPerWord],
-            _mm512_slli_epi32(_mm512_srai_epi32(entry, 4), kBits * (j % kPerWord) + kSymShift));
+        out[j / kPerWord] = _mm512_or_si512(out[j / kPerWord], symbol);
       }
       _mm512_storeu_si512(his + l, hi);
       _mm512_storeu_si512(los + l, lo);
@@ -429,7 +434,8 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi,popcnt"))) void DecodeChunkAv
 bool HasAvx512() {
   static const bool has = __builtin_cpu_supports("avx512f") &&
                           __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vbmi");
+                          __builtin_cpu_supports("avx512vbmi") &&
+                          __builtin_cpu_supports("avx512vbmi2");
   return has;
 }
 #endif  // x86
