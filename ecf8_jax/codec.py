@@ -17,7 +17,6 @@ from pallas_kernels.ecf8_decode import api as decode_api
 from pallas_kernels.ecf8_matmul import api as matmul_api
 from pallas_kernels.ecf8_matmul.reference import tiles_to_matrix
 from pallas_kernels.grouped_decode import api as grouped_api
-from pallas_kernels.grouped_decode.reference import words_to_bytes
 from pallas_kernels.grouped_matmul import pallas_gpu as gemv_kernels
 
 
@@ -65,8 +64,9 @@ def decode(
 def _decode_grouped(stream, offsets, raw, lengths, implementation, interpret) -> jax.Array:
     """Version-2 chunks -> uint8[C * S * 128] slots."""
     args = grouped.kernel_args(stream, offsets, raw, lengths, jnp)
-    words = grouped_api.decode(*args, implementation=implementation, interpret=interpret)
-    return words_to_bytes(words)
+    return grouped_api.decode(
+        *args, implementation=implementation, interpret=interpret, values=True
+    )
 
 
 def decode_chunks(

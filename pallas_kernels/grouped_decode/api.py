@@ -22,7 +22,7 @@ from pallas_kernels.grouped_decode import native_cpu
 from pallas_kernels.grouped_decode.config import BlockSizes
 from pallas_kernels.grouped_decode.pallas_gpu import grouped_decode_gpu
 from pallas_kernels.grouped_decode.pallas_tpu import grouped_decode_tpu
-from pallas_kernels.grouped_decode.reference import grouped_decode_reference
+from pallas_kernels.grouped_decode.reference import grouped_decode_reference, words_to_values
 
 Implementation = Literal["xla", "pallas_gpu", "pallas_tpu", "native_cpu"]
 IMPLEMENTATIONS: tuple[Implementation, ...] = ("xla", "pallas_gpu", "pallas_tpu", "native_cpu")
@@ -42,15 +42,17 @@ def shapes_supported(implementation: str, raw_shape) -> str | None:
     return None
 
 
-def _run(implementation, args, bits, block_sizes, interpret):
-    if implementation == "pallas_gpu":
-        return grouped_decode_gpu(*args, bits=bits, block_sizes=block_sizes, interpret=interpret)
-    if implementation == "pallas_tpu":
-        params = compat.tpu_interpret_params() if interpret else False
-        return grouped_decode_tpu(*args, bits=bits, block_sizes=block_sizes, interpret=params)
+def _run(implementation, args, bits, block_sizes, interpret, values=False):
     if implementation == "native_cpu":
-        return native_cpu.grouped_decode_native(*args, bits=bits)
-    return grouped_decode_reference(*args, bits=bits)
+        return native_cpu.grouped_decode_native(*args, bits=bits, values=values)
+    if implementation == "pallas_gpu":
+        words = grouped_decode_gpu(*args, bits=bits, block_sizes=block_sizes, interpret=interpret)
+    elif implementation == "pallas_tpu":
+        params = compat.tpu_interpret_params() if interpret else False
+        words = grouped_decode_tpu(*args, bits=bits, block_sizes=block_sizes, interpret=params)
+    else:
+        words = grouped_decode_reference(*args, bits=bits)
+    return words_to_values(words, bits) if values else words
 
 
 _native_warned = False
@@ -80,6 +82,7 @@ def decode(
     implementation: Implementation | None = None,
     block_sizes: BlockSizes | None = None,
     interpret: bool = False,
+    values: bool = False,
 ) -> jax.Array:
     """Decodes version-2 chunks to uint32[C, S * bits // 32, L]; see
     ``grouped_decode_reference``.
@@ -92,6 +95,9 @@ def decode(
       block_sizes: launch parameters for a Pallas kernel (default: ``BlockSizes.get_default``).
       interpret: run the Pallas kernel in interpret mode (CPU tests); needs an explicit
         ``implementation``.
+      values: return the values flat in slot order (``words_to_values``: uint8 or uint16
+        ``[C * S * L]``) instead of the words; the native CPU decoder writes them directly
+        (XLA:CPU unpacking words to bytes costs as much as the decode).
 
     Raises:
       ValueError: an implementation was asked for explicitly and cannot take these shapes.
@@ -101,16 +107,18 @@ def decode(
         reason = shapes_supported(implementation, raw.shape)
         if reason is not None:
             raise ValueError(f"ECF8 decode implementation {implementation!r}: {reason}")
-        return _run(implementation, args, bits, block_sizes, interpret)
+        return _run(implementation, args, bits, block_sizes, interpret, values)
     branches = {}
     for platform, name in (("cuda", "pallas_gpu"), ("tpu", "pallas_tpu")):
         reason = shapes_supported(name, raw.shape)
         if reason is None:
-            branches[platform] = lambda *a, name=name: _run(name, a, bits, block_sizes, False)
+            branches[platform] = lambda *a, name=name: _run(
+                name, a, bits, block_sizes, False, values
+            )
         else:
             warnings.warn(f"ECF8 decode on {platform} falls back to xla: {reason}", stacklevel=2)
     if _native_usable():
-        branches["cpu"] = lambda *a: _run("native_cpu", a, bits, None, False)
+        branches["cpu"] = lambda *a: _run("native_cpu", a, bits, None, False, values)
     return lax.platform_dependent(
-        *args, default=lambda *a: _run("xla", a, bits, None, False), **branches
+        *args, default=lambda *a: _run("xla", a, bits, None, False, values), **branches
     )

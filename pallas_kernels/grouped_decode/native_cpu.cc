@@ -496,21 +496,24 @@ struct Work {
 ffi::Error GroupedDecode(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> stream,
                          ffi::Buffer<ffi::U32> offsets, ffi::Buffer<ffi::U32> raw,
                          ffi::Buffer<ffi::S32> lut, ffi::Buffer<ffi::S32> threshold,
-                         ffi::ResultBuffer<ffi::U32> out, int64_t bits, int64_t max_threads, int64_t simd) {
+                         ffi::Result<ffi::AnyBuffer> out, int64_t bits, int64_t max_threads, int64_t simd) {
   if (bits != 8 && bits != 16) {
     return ffi::Error::InvalidArgument("ecf8 grouped decode: bits must be 8 or 16, got " +
                                        std::to_string(bits));
   }
   const auto rd = raw.dimensions();
-  const auto od = out->dimensions();
-  if (rd.size() != 3 || od.size() != 3 || stream.dimensions().size() != 1) {
+  if (rd.size() != 3 || stream.dimensions().size() != 1) {
     return ffi::Error::InvalidArgument("ecf8 grouped decode: bad ranks");
   }
   const int64_t chunks = rd[0], raw_rows = rd[1], lanes = rd[2];
   const int64_t groups = bits == 8 ? 2 * raw_rows : raw_rows;
   const int64_t words = bits == 8 ? groups : 2 * groups;
   const int64_t num_words = stream.dimensions()[0];
-  if (od[0] != chunks || od[1] != words || od[2] != lanes ||
+  // The output is any unsigned view of the words' bytes: uint32[C, words, L], or the values
+  // themselves (uint8 or uint16, in slot order), which XLA then reads without unpacking words.
+  const auto type = out->element_type();
+  if ((type != ffi::DataType::U32 && type != ffi::DataType::U16 && type != ffi::DataType::U8) ||
+      out->size_bytes() != static_cast<size_t>(chunks * words * lanes) * 4 ||
       lut.element_count() != chunks * kLutSize || threshold.element_count() != chunks ||
       static_cast<int64_t>(offsets.element_count()) < chunks ||
       (chunks > 0 && num_words < 1)) {
@@ -520,7 +523,7 @@ ffi::Error GroupedDecode(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> stream,
   auto work = std::make_shared<Work>();
   work->problem = Problem{stream.typed_data(), num_words, offsets.typed_data(),
                           raw.typed_data(), lut.typed_data(), threshold.typed_data(),
-                          out->typed_data(), lanes, groups, raw_rows, static_cast<int>(bits), static_cast<int>(simd)};
+                          static_cast<uint32_t*>(out->untyped_data()), lanes, groups, raw_rows, static_cast<int>(bits), static_cast<int>(simd)};
   work->chunks = chunks;
   int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
   if (max_threads > 0) helpers = std::min<int64_t>(helpers, max_threads - 1);
@@ -551,7 +554,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Ecf8GroupedDecode, GroupedDecode,
                                   .Arg<ffi::Buffer<ffi::U32>>()  // raw
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lut
                                   .Arg<ffi::Buffer<ffi::S32>>()  // threshold
-                                  .Ret<ffi::Buffer<ffi::U32>>()  // out
+                                  .Ret<ffi::AnyBuffer>()  // out
                                   .Attr<int64_t>("bits")
                                   .Attr<int64_t>("max_threads")
                                   .Attr<int64_t>("simd"));

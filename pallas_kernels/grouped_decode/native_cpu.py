@@ -197,6 +197,7 @@ def grouped_decode_native(
     bits: int = 8,
     max_threads: int = 0,
     simd: int = SIMD_AVX512,
+    values: bool = False,
 ) -> jax.Array:
     """Decodes every chunk on the CPU; the contract of ``grouped_decode_reference``.
 
@@ -206,9 +207,13 @@ def grouped_decode_native(
       max_threads: at most this many threads per call (0: XLA's intra-op pool and the caller).
       simd: the widest loop to use where the CPU has it: ``SIMD_AVX512`` (default),
         ``SIMD_AVX2`` or ``SIMD_NONE`` (the portable scalar loop); all are bit-identical.
+      values: return the values, flat in slot order (``reference.words_to_values``), which
+        the handler writes directly: XLA:CPU unpacks uint32 words to bytes element by element,
+        which costs as much as the decode itself.
 
     Returns:
-      uint32[C, S * bits // 32, L].
+      uint32[C, S * bits // 32, L]; with ``values``, uint8 (``bits = 8``) or uint16
+      ``[C * S * L]``.
 
     Raises:
       NativeUnavailableError: the library cannot be built or loaded (see ``ensure_registered``).
@@ -218,10 +223,13 @@ def grouped_decode_native(
     chunks, raw_rows, lanes = raw.shape
     groups = raw_rows * groups_per_raw_word(bits)
     shape = (chunks, groups * words_per_group(bits), lanes)
+    if values:
+        n = chunks * groups * words_per_group(bits) * lanes * (32 // bits)
+        shape, dtype = (n,), (jnp.uint8 if bits == 8 else jnp.uint16)
+    else:
+        dtype = jnp.uint32
     if chunks == 0:
-        return jnp.zeros(shape, jnp.uint32)
-    call = jax.ffi.ffi_call(
-        TARGET, jax.ShapeDtypeStruct(shape, jnp.uint32), vmap_method="sequential"
-    )
+        return jnp.zeros(shape, dtype)
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(shape, dtype), vmap_method="sequential")
     args = kernel_arrays(stream, chunk_offsets, raw, lut, threshold)
     return call(*args, bits=int(bits), max_threads=int(max_threads), simd=int(simd))

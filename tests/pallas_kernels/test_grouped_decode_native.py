@@ -159,6 +159,21 @@ def test_16_bit_values_decode_bit_exactly(simd):
         np.testing.assert_array_equal(_native(garbage, simd, 16), _reference(garbage, 16))
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_values_are_the_words_bytes_in_slot_order(bits):
+    x = _wide(ml_dtypes.bfloat16, 4096 + 5, 9) if bits == 16 else CASES["ragged_seven_chunks"]
+    x = x.view(np.uint8 if bits == 8 else np.uint16)
+    width = grouped.FP8 if bits == 8 else grouped.WIDE
+    stream, offsets, raw, lengths = encode_grouped(x, 32, -(-x.size // 4096), width)
+    args = grouped.kernel_args(stream, offsets, raw, lengths, np)
+    got = native_cpu.grouped_decode_native(*args, bits=bits, values=True)
+    want = api.decode(*args, bits=bits, implementation="xla", values=True)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(got)[: x.size], x)
+    default = jax.jit(lambda *a: api.decode(*a, bits=bits, values=True))(*args)
+    np.testing.assert_array_equal(np.asarray(default), np.asarray(want))
+
+
 def test_threads_and_jit_give_the_same_words(encoded):
     args = _args(encoded["ragged_seven_chunks"])
     one = jax.jit(lambda *a: native_cpu.grouped_decode_native(*a, max_threads=1))(*args)
