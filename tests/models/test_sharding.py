@@ -1,4 +1,5 @@
-"""A compressed model sharded over 8 (simulated CPU) devices gives bit-identical logits.
+"""A compressed model (FP8 or BF16) sharded over 8 (simulated CPU) devices gives bit-identical
+logits.
 
 The pytest process has already initialised jax with one CPU device, so the body runs in a
 subprocess started with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
@@ -63,6 +64,17 @@ BODY = textwrap.dedent(
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(b, c)
 
+    # BF16: the same placement, logits bit-identical to the uncompressed BF16 model.
+    bf16 = run(LlamaForCausalLM(cfg, nnx.Rngs(0), bf16=True))
+    model = enn.shard_model(
+        enn.compress_model(LlamaForCausalLM(cfg, nnx.Rngs(0), bf16=True)), mesh, "layers")
+    (w,) = jax.tree.leaves(nnx.state(model.layers.layer.mlp.down_proj, enn.Ecf8Weight),
+                           is_leaf=lambda x: isinstance(x, Ecf8Tensor))
+    assert w.dtype == "bfloat16"
+    assert all(leaf.sharding.spec == PartitionSpec("layers") for leaf in jax.tree.leaves(w))
+    for a, b in zip(run(model, NamedSharding(mesh, PartitionSpec("layers"))), bf16):
+        np.testing.assert_array_equal(a, b)
+
     # Memory: a device receives one compressed layer per step, never the whole stack.
     big = LlamaConfig.from_hf(dict(
         vocab_size=96, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
@@ -88,6 +100,7 @@ BODY = textwrap.dedent(
 
 
 def test_layer_sharded_ecf8_model_on_8_devices_is_bit_identical_to_one_device():
+    # FP8 and BF16 models in one subprocess (one jax start).
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=8",

@@ -387,7 +387,7 @@ def test_a_where_that_selects_nothing_or_unevenly_in_a_stack_is_an_error():
     model = _tiny()
     with pytest.raises(
         ValueError,
-        match=r"selected no FP8/ECF8 linear layer.*15 candidates are: layers.0.mlp.down_proj",
+        match=r"selected no FP8/BF16/ECF8 linear layer.*15 candidates are: layers.0.mlp.down_proj",
     ):
         enn.add_lora(model, where=lambda p, m: "nope" in p, rank=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="selected no"):
