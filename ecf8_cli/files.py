@@ -256,8 +256,9 @@ def add_commands(sub) -> None:
         "compress",
         help="store a model's weights as ECF8 (safetensors file, model folder or GGUF)",
         description="Store a safetensors file, a model folder or a GGUF file as an ECF8 "
-        "checkpoint folder. FP8 weights are entropy-coded without loss; everything else is "
-        "kept as it is. Models without FP8 weights save nothing unless --cast is given.",
+        "checkpoint folder. FP8, BF16 and F16 weights are entropy-coded without loss; "
+        "everything else is kept as it is. Models without such weights (F32) save nothing "
+        "unless --cast is given.",
     )
     p.add_argument("src", help="a .safetensors or .gguf file, or a model folder")
     p.add_argument("out", help="the checkpoint folder to create")
