@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from ecf8_cli import cli
 from ecf8_jax.io import gguf as gguf_io
@@ -51,6 +53,24 @@ def test_generate_from_ecf8_matches_the_raw_fp8_model(tiny_llama):
     assert rc == 0, err
     assert ecf8_out.startswith("hi there")
     assert ecf8_out == fp8_out
+
+
+def test_generate_bf16_from_ecf8_matches_the_raw_bf16_model(tiny_llama):
+    from ecf8_cli.llm import check_lossless, load_causal_lm
+    from ecf8_jax import nn as enn
+
+    args = ("generate", tiny_llama, "--prompt", "hi there", "--max-new-tokens", 6)
+    rc, ecf8_out, err = main(*args, "--dtype", "bf16")
+    assert rc == 0, err
+    rc, raw_out, err = main(*args, "--dtype", "bf16", "--raw")
+    assert rc == 0, err
+    assert ecf8_out.startswith("hi there") and ecf8_out == raw_out
+    raw = load_causal_lm(str(tiny_llama), "bf16")[0]  # the folder's BF16 weights, unmodified
+    assert isinstance(raw.layers.layer.mlp.up_proj, enn.Bf16Linear)
+    ecf8 = enn.compress_model(load_causal_lm(str(tiny_llama), "bf16")[0])
+    assert check_lossless(raw, ecf8) == sum(
+        x.size for x in jax.tree.leaves(nnx.state(raw, enn.Bf16Weight))
+    )
 
 
 @pytest.mark.parametrize("bad", ["missing.gguf", "not-a-model"])
