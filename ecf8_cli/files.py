@@ -210,19 +210,28 @@ def _compress_and_check(named: dict[str, np.ndarray]) -> tuple[list, int, int]:
 
 
 def cmd_minilm(args: argparse.Namespace) -> int:
-    """Compresses all-MiniLM-L6-v2's linear weights (per-row FP8) and proves it lossless."""
+    """Compresses all-MiniLM-L6-v2's linear weights (per-row FP8, or BF16) and proves it
+    lossless."""
+    import ml_dtypes
+
     from ecf8_jax.models_data import minilm_linear_weights
     from ecf8_jax.quantize import quantize_fp8
 
     start = time.perf_counter()
-    named = {k: quantize_fp8(w, granularity="row")[0] for k, w in minilm_linear_weights().items()}
+    weights = minilm_linear_weights()
+    if args.dtype == "bf16":
+        named = {k: w.astype(ml_dtypes.bfloat16) for k, w in weights.items()}
+        kind, what = "BF16", "BF16 weights (rounded from FP32)"
+    else:
+        named = {k: quantize_fp8(w, granularity="row")[0] for k, w in weights.items()}
+        kind, what = "FP8", "FP8 E4M3 weights (per-row scales)"
     rows, raw, packed = _compress_and_check(named)
     if not args.quiet:
-        header = ["tensor", "shape", "FP8 bytes", "ECF8 bytes", "bits/weight", "H(exp)"]
+        header = ["tensor", "shape", f"{kind} bytes", "ECF8 bytes", "bits/weight", "H(exp)"]
         print(table(rows, header))
     n = sum(q.size for q in named.values())
     print(
-        f"all-MiniLM-L6-v2, {len(named)} linear weights, {n} FP8 E4M3 weights (per-row scales): "
+        f"all-MiniLM-L6-v2, {len(named)} linear weights, {n} {what}: "
         f"{raw} -> {packed} bytes ({8 * packed / n:.3f} bits/weight, "
         f"{100 * (1 - packed / raw):.1f} % saved); every tensor decodes bit-identically "
         f"({time.perf_counter() - start:.1f} s)"
@@ -311,7 +320,11 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser(
-        "minilm", help="compress all-MiniLM-L6-v2 (cast to FP8 per row) and prove it lossless"
+        "minilm",
+        help="compress all-MiniLM-L6-v2 (cast to FP8 per row, or BF16) and prove it lossless",
+    )
+    p.add_argument(
+        "--dtype", choices=("fp8", "bf16"), default="fp8", help="the weights to compress"
     )
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(func=cmd_minilm)

@@ -44,6 +44,16 @@ def test_demo_generates_identical_coherent_text_from_fp8_and_ecf8():
     assert 13.0 < saved < 20.0
 
 
+@pytest.mark.slow
+def test_demo_bf16_saves_at_least_30_percent_and_generates_identical_text():
+    rc, out, err = main("demo", "--dtype", "bf16", "--max-new-tokens", "3")
+    assert rc == 0, err
+    assert "decode bit-identically" in out and "identical (3 tokens)" in out
+    assert "Paris" in next(line for line in out.splitlines() if "BF16 model :" in line)
+    saved = float(out.split("% saved")[0].split()[-1])
+    assert saved >= 30.0  # 32.6 % measured (10.784 bits/weight), issue 11's target
+
+
 def test_generate_from_ecf8_matches_the_raw_fp8_model(tiny_llama):
     rc, ecf8_out, err = main("generate", tiny_llama, "--prompt", "hi there", "--max-new-tokens", 6)
     assert rc == 0, err
