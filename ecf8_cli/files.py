@@ -240,19 +240,20 @@ def cmd_minilm(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    """Measures every FP8 tensor of a safetensors file."""
+    """Measures every FP8, BF16 and F16 tensor of a safetensors file."""
     from ecf8_jax.io import safetensors_raw as sr
-    from ecf8_jax.io.container import FP8_NAMES
+    from ecf8_jax.io.container import CODED_NAMES
 
     _, tensors = sr.read(args.file)
-    named = {k: v for k, v in tensors.items() if v.dtype in (sr.DTYPES[n] for n in FP8_NAMES)}
+    coded = [sr.DTYPES[n] for n in CODED_NAMES]
+    named = {k: v for k, v in tensors.items() if v.dtype in coded}
     if not named:
         raise CliError(
-            f"{args.file}: no float8 tensors to measure (ECF8 codes FP8 only; "
+            f"{args.file}: no FP8, BF16 or F16 tensors to measure (ECF8 codes those only; "
             "'ecf8 compress --cast fp8-row' quantizes float weights to FP8 first, lossy)"
         )
     rows, raw, packed = _compress_and_check(named)
-    print(table(rows, ["tensor", "shape", "FP8 bytes", "ECF8 bytes", "bits/weight", "H(exp)"]))
+    print(table(rows, ["tensor", "shape", "raw bytes", "ECF8 bytes", "bits/weight", "H(exp)"]))
     print(f"total: {raw} -> {packed} bytes ({100 * (1 - packed / raw):.1f} % saved)")
     return 0
 
@@ -314,7 +315,9 @@ def add_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="accepted for scripts")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("stats", help="measure how well the FP8 tensors of a file compress")
+    p = sub.add_parser(
+        "stats", help="measure how well the FP8, BF16 and F16 tensors of a file compress"
+    )
     p.add_argument("file", help="a .safetensors file")
     p.add_argument("--quiet", action="store_true", help="accepted for scripts")
     p.set_defaults(func=cmd_stats)

@@ -269,6 +269,7 @@ def test_stats_still_measures_fp8_tensors(files):
     rc, out, err = main("stats", files / "zoo.safetensors")
     assert rc == 0, err
     assert "nan_and_subnormals" in out and "total:" in out
+    assert "embed_tokens.weight" in out and "f16" in out  # BF16 (NaN, ±inf) and F16 too
 
 
 # ----------------------------------------------------------------------------- failures
