@@ -182,3 +182,39 @@ def test_finetune_trains_only_the_adapters_and_saves_them_merged(tiny_llama, tmp
             assert [(x.dtype, x.shape, x.tobytes()) for x in a] == [
                 (y.dtype, y.shape, y.tobytes()) for y in b
             ], k
+
+
+def test_finetune_bf16_lora_keeps_the_bf16_base_and_merges_to_bf16(tiny_llama, tmp_path):
+    from ecf8_cli.llm import load_causal_lm
+    from ecf8_jax import Ecf8Tensor, checkpoint, decode
+    from ecf8_jax.nn import compress_model
+
+    out = tmp_path / "bf16-lora"
+    rc, stdout, err = main(
+        "finetune", out, "--model", tiny_llama, "--dtype", "bf16", "--steps", 2,
+        "--eval-every", 2, "--eval-words", 8, "--batch-size", 4, "--learning-rate", 0.05,
+        "--quiet", "--adapter", "lora",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "re-encoded ECF8 layers (rounded to BF16, lossy)" in stdout
+    leaves = jax.tree_util.tree_leaves_with_path(
+        checkpoint.restore(out), is_leaf=lambda x: isinstance(x, Ecf8Tensor)
+    )
+    saved = {".".join(str(getattr(k, "key", k)) for k in p): v for p, v in leaves}
+    base_model = compress_model(load_causal_lm(str(tiny_llama), "bf16")[0])
+    base = {
+        ".".join(str(getattr(k, "key", k)) for k in p): v
+        for p, v in jax.tree_util.tree_leaves_with_path(
+            nnx.to_pure_dict(nnx.state(base_model)), is_leaf=lambda x: isinstance(x, Ecf8Tensor)
+        )
+    }
+    assert saved.keys() == base.keys()  # merged: no adapter, no scale
+    for k, v in base.items():
+        if isinstance(v, Ecf8Tensor):
+            assert saved[k].dtype == "bfloat16", k
+        if k.endswith(("q_proj.weight", "v_proj.weight")):
+            got, want = (np.asarray(jax.vmap(decode)(t)) for t in (saved[k], v))
+            assert (got.view(np.uint16) != want.view(np.uint16)).any(), k  # trained, merged
+        elif k.endswith(("k_proj.weight", "o_proj.weight", "up_proj.weight")):
+            a, b = (np.asarray(jax.vmap(decode)(t)) for t in (saved[k], v))
+            np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16))  # untouched
