@@ -72,12 +72,12 @@ def linear_from_tensors(
             scale = tensors[f"{prefix}.weight_scale"]
         else:
             raise KeyError(f"{prefix}.weight is FP8 but has no weight_scale / weight_scale_inv")
-        return Fp8Linear(np.asarray(w), scale, b, block_size=block_size, dtype=_f32(dtype))
+        return Fp8Linear(np.asarray(w), scale, b, block_size=block_size, dtype=_compute_f32(dtype))
     if cast == "bf16":
         return Bf16Linear.from_float(w, b, dtype=jnp.bfloat16, **_compute(dtype))
     if cast == "fp8-row":
-        return Fp8Linear.from_float(w, b, dtype=_f32(dtype))
-    return Linear(jnp.asarray(np.asarray(w)), b, dtype=_f32(dtype))
+        return Fp8Linear.from_float(w, b, dtype=_compute_f32(dtype))
+    return Linear(jnp.asarray(np.asarray(w)), b, dtype=_compute_f32(dtype))
 
 
 def _check_cast(cast) -> None:
@@ -85,7 +85,7 @@ def _check_cast(cast) -> None:
         raise ValueError(f"cast must be None or one of {CASTS}, got {cast!r}")
 
 
-def _f32(dtype):
+def _compute_f32(dtype):
     """A compute dtype, float32 when None."""
     return jnp.float32 if dtype is None else dtype
 
@@ -103,12 +103,12 @@ def embed_from_tensors(
     w = tensors[name]
     if _is_fp8(w):
         scale_name = name.removesuffix(".weight") + ".weight_scale"
-        return Fp8Embed(np.asarray(w), tensors[scale_name], dtype=_f32(dtype))
+        return Fp8Embed(np.asarray(w), tensors[scale_name], dtype=_compute_f32(dtype))
     if cast == "bf16":
         return Bf16Embed.from_float(w, dtype=jnp.bfloat16, **_compute(dtype))
     if cast == "fp8-row":
-        return Fp8Embed.from_float(w, dtype=_f32(dtype))
-    return Embed(jnp.asarray(np.asarray(w)), dtype=_f32(dtype))
+        return Fp8Embed.from_float(w, dtype=_compute_f32(dtype))
+    return Embed(jnp.asarray(np.asarray(w)), dtype=_compute_f32(dtype))
 
 
 def _param(arr) -> nnx.Param:

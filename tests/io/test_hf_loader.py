@@ -149,6 +149,8 @@ def test_a_bf16_folder_loads_unmodified_and_compresses_bit_identically(tmp_path,
             np.asarray(layer.weight[...]).view(np.uint16), tensors[name].view(np.uint16)
         )
     assert isinstance(model.embed_tokens, enn.Bf16Embed)
+    assert model.norm.weight[...].dtype == np.float32  # norms stay float32 (trainable)
+    assert model.layers[0].input_layernorm.weight[...].dtype == np.float32
     np.testing.assert_array_equal(
         np.asarray(model.embed_tokens.table[...]).view(np.uint16),
         tensors["model.embed_tokens.weight"].view(np.uint16),
