@@ -64,6 +64,7 @@ from pallas_kernels.grouped_decode import config as grouped_config
 from pallas_kernels.grouped_decode.pallas_gpu import grouped_decode_gpu
 from pallas_kernels.grouped_decode.pallas_tpu import grouped_decode_tpu
 from pallas_kernels.grouped_matmul.pallas_gpu import GROUP_WEIGHTS, fp8_rows_gemv, grouped_gemv_gpu
+from pallas_kernels.grouped_matmul.pallas_tpu import grouped_gemv_tpu, rows_gemv_tpu
 
 LANES = 128
 SIGN_WORD_BITS = 32
@@ -342,19 +343,25 @@ def _decode_v2_tpu(case: Case) -> Built:
     )
 
 
+def _weight_dtype(case: Case):
+    return jnp.bfloat16 if case.value_bytes == 2 else jnp.float8_e4m3fn
+
+
 def _gemv_v2_gpu(case: Case) -> Built:
     """Fused version-2 decode + GEMV: one program per chunk of whole [n, k] rows."""
     k, n, m, steps = case.k, case.n, case.m, case.chunk_steps
+    bits, coded_bits, _ = _v2_bits(case)
     chunks = math.ceil(n * k / (steps * LANES))
     x, scale = _sds((m, k), jnp.float32), _sds((n,), jnp.float32)
+    dtype = _weight_dtype(case)
 
     def fn(x, *a):
-        return grouped_gemv_gpu(x, *a[:-1], a[-1], n=n, num_warps=case.num_warps)
+        return grouped_gemv_gpu(x, *a[:-1], a[-1], n=n, fp8_dtype=dtype, num_warps=case.num_warps)
 
-    coded = n * k * V2_CODED_BITS_PER_WEIGHT / 8 + chunks * V2_LUT_BYTES
+    coded = n * k * coded_bits / 8 + chunks * V2_LUT_BYTES
     return Built(
         fn=fn,
-        args=(x, *_grouped_arrays(chunks, steps, n * k), scale),
+        args=(x, *_grouped_arrays(chunks, steps, n * k, bits), scale),
         weights=n * k,
         decoded=n * k,
         programs=chunks,
@@ -376,8 +383,55 @@ def _gemv_twin_v2_gpu(case: Case) -> Built:
     return dataclasses.replace(
         fused,
         fn=fn,
-        args=(fused.args[0], _sds((n, k), jnp.float8_e4m3fn), fused.args[-1]),
-        hbm_bytes=n * k + m * k * 4 + m * n * 4,
+        args=(fused.args[0], _sds((n, k), _weight_dtype(case)), fused.args[-1]),
+        hbm_bytes=n * k * case.value_bytes + m * k * 4 + m * n * 4,
+    )
+
+
+def _gemv_v2_tpu(case: Case) -> Built:
+    """Fused version-2 decode + GEMV on TPU: 8 chunks of whole rows per program."""
+    k, n, m, steps = case.k, case.n, case.m, case.chunk_steps
+    bits, coded_bits, raw_bits = _v2_bits(case)
+    chunks = math.ceil(n * k / (steps * LANES))
+    programs = math.ceil(chunks / 8)
+    x, scale = _sds((m, k), jnp.float32), _sds((n,), jnp.float32)
+    dtype = _weight_dtype(case)
+
+    def fn(x, *a):
+        return grouped_gemv_tpu(x, *a[:-1], a[-1], n=n, dtype=dtype)
+
+    coded = n * k * coded_bits / 8
+    return Built(
+        fn=fn,
+        args=(x, *_grouped_arrays(chunks, steps, n * k, bits), scale),
+        weights=n * k,
+        decoded=programs * 8 * steps * LANES,
+        programs=programs,
+        loop_weights=(8 * GROUP_WEIGHTS, 8 * k, 8 * steps * LANES),
+        # the wrapper pads the code stream into rows (one extra read + write) before the kernel
+        hbm_bytes=coded
+        + 2 * coded * (coded_bits - raw_bits) / coded_bits
+        + chunks * V2_LUT_BYTES
+        + m * k * 4 * 2
+        + m * n * 4,
+        flops=2 * m * n * k,
+    )
+
+
+def _gemv_twin_v2_tpu(case: Case) -> Built:
+    """The TPU GEMV's raw twin: the same kernel loading the uncompressed weight's words."""
+    k, n, m, steps = case.k, case.n, case.m, case.chunk_steps
+    fused = _gemv_v2_tpu(case)
+
+    def fn(x, w, scale):
+        return rows_gemv_tpu(x, w, scale, chunk_steps=steps)
+
+    return dataclasses.replace(
+        fused,
+        fn=fn,
+        args=(fused.args[0], _sds((n, k), _weight_dtype(case)), fused.args[-1]),
+        loop_weights=fused.loop_weights[:2],
+        hbm_bytes=n * k * case.value_bytes + m * k * 4 * 2 + m * n * 4,
     )
 
 
@@ -390,6 +444,12 @@ KERNELS: list[Kernel] = [
     Kernel("bf16_decode_v2", "decode", "tpu", _decode_v2_tpu, "ecf8_grouped_decode"),
     Kernel("ecf8_gemv_v2", "matmul", "gpu", _gemv_v2_gpu, "ecf8_grouped_gemv"),
     Kernel("fp8_rows_gemv_v2", "matmul", "gpu", _gemv_twin_v2_gpu, "fp8_rows_gemv"),
+    Kernel("bf16_gemv_v2", "matmul", "gpu", _gemv_v2_gpu, "ecf8_grouped_gemv"),
+    Kernel("bf16_rows_gemv_v2", "matmul", "gpu", _gemv_twin_v2_gpu, "fp8_rows_gemv"),
+    Kernel("ecf8_gemv_v2", "matmul", "tpu", _gemv_v2_tpu, "ecf8_grouped_gemv_tpu"),
+    Kernel("fp8_rows_gemv_v2", "matmul", "tpu", _gemv_twin_v2_tpu, "rows_gemv_tpu"),
+    Kernel("bf16_gemv_v2", "matmul", "tpu", _gemv_v2_tpu, "ecf8_grouped_gemv_tpu"),
+    Kernel("bf16_rows_gemv_v2", "matmul", "tpu", _gemv_twin_v2_tpu, "rows_gemv_tpu"),
     Kernel("ecf8_decode_v1", "decode", "gpu", _decode_v1_gpu, "ecf8_decode"),
     Kernel("ecf8_matmul_v1", "matmul", "gpu", _matmul_v1_gpu, "ecf8_matmul"),
     Kernel("fp8_tiled_matmul_v1", "matmul", "gpu", _matmul_twin_v1_gpu, "fp8_tiled_matmul"),
@@ -438,7 +498,7 @@ def cases_for(kernel: Kernel, quick: bool) -> Sequence[Case]:
     if kernel.name.startswith("bf16"):  # the same tensors in BF16 (MiB sizes: half the weights)
         cases = tuple(
             dataclasses.replace(
-                c, dtype="bfloat16", weights=c.weights // 2 if "MiB" in c.label else c.weights
+                c, dtype="bfloat16", weights=c.weights // 2 if "iB" in c.label else c.weights
             )
             for c in cases
         )
@@ -587,7 +647,7 @@ def plain_seconds(kind: str, case: Case, target: str) -> float:
     a = ASSUMPTIONS[target]
     if kind == "decode":
         return 2 * case.weights * case.value_bytes / a["hbm_bytes_per_s"]
-    nbytes = case.k * case.n + case.m * case.k * 2 + case.m * case.n * 4
+    nbytes = case.k * case.n * case.value_bytes + case.m * case.k * 2 + case.m * case.n * 4
     return max(nbytes / a["hbm_bytes_per_s"], 2 * case.m * case.k * case.n / a["bf16_flops"])
 
 

@@ -63,24 +63,15 @@ def _exclusive_prefix_mxu(x):
     return out.astype(jnp.int32)
 
 
-def _decode_kernel(
-    offsets_ref,
-    threshold_ref,
-    stream_hbm,
-    raw_ref,
-    lut_ref,
-    out_ref,
-    window,
-    sem,
-    *,
-    chunks,
-    raw_rows,
-    stream_rows,
-    num_words,
-    bits,
-):
+def program_setup(offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem, *,
+                  block, chunks, stream_rows):  # fmt: skip
+    """Starts program ``b``'s window DMA and builds its chunks' decoding helpers.
+
+    Shared by the decode and the fused GEMV. Returns ``(ops, threshold, base, copy)``: the
+    ``GroupOps`` reading the window and the chunk tables, per-sublane int32[block, 1]
+    threshold and first word, and the started copy (``copy.wait()`` before the first fetch).
+    """
     b = pl.program_id(0)
-    block, _, lanes = raw_ref.shape
     rows = window.shape[0]
     first = b * block
     # The program's words start at its first chunk's offset; the window starts on that row,
@@ -113,7 +104,30 @@ def _decode_kernel(
         return jnp.where(peek < ROW_WORDS, take_lanes(lut_low, index), take_lanes(lut_high, index))
 
     ops = GroupOps(exclusive_prefix=_exclusive_prefix_mxu, fetch=fetch, lookup=lookup)
+    return ops, threshold, base, copy
 
+
+def _decode_kernel(
+    offsets_ref,
+    threshold_ref,
+    stream_hbm,
+    raw_ref,
+    lut_ref,
+    out_ref,
+    window,
+    sem,
+    *,
+    chunks,
+    raw_rows,
+    stream_rows,
+    num_words,
+    bits,
+):
+    block, _, lanes = raw_ref.shape
+    ops, threshold, base, copy = program_setup(
+        offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem,
+        block=block, chunks=chunks, stream_rows=stream_rows,
+    )  # fmt: skip
     per_raw, per_group = groups_per_raw_word(bits), words_per_group(bits)
 
     def body(h, carry):
@@ -132,6 +146,13 @@ def _decode_kernel(
     zeros = jnp.zeros((block, lanes), jnp.uint32)
     init = (zeros, zeros, jnp.zeros((block, lanes), jnp.int32), base)
     lax.fori_loop(0, raw_rows, body, init)
+
+
+def stream_rows_of(stream: jax.Array) -> tuple[jax.Array, int]:
+    """The stream as rows of 128 words (zero-padded, at least ``SPARE_ROWS``) and their count."""
+    stream_rows = max(-(-stream.shape[0] // ROW_WORDS), SPARE_ROWS)
+    stream2d = jnp.pad(stream, (0, stream_rows * ROW_WORDS - stream.shape[0]))
+    return stream2d.reshape(stream_rows, ROW_WORDS), stream_rows
 
 
 def grouped_decode_tpu(
@@ -167,9 +188,7 @@ def grouped_decode_tpu(
     stream, chunk_offsets, raw, lut, threshold = kernel_arrays(
         stream, chunk_offsets, raw, lut, threshold
     )
-    stream_rows = max(-(-stream.shape[0] // ROW_WORDS), SPARE_ROWS)
-    stream2d = jnp.pad(stream, (0, stream_rows * ROW_WORDS - stream.shape[0]))
-    stream2d = stream2d.reshape(stream_rows, ROW_WORDS)
+    stream2d, stream_rows = stream_rows_of(stream)
     block_sizes = block_sizes or BlockSizes.get_default(raw.shape, "pallas_tpu")
     block = block_sizes.chunks_per_program
     rows = window_rows(block, steps, stream_rows)

@@ -36,6 +36,7 @@ from pallas_kernels.grouped_decode.reference import (
     kernel_arrays,
     words_per_group,
 )
+from pallas_kernels.grouped_matmul.reference import slot_words
 
 LANES = 128
 GROUP_WEIGHTS = GROUP * LANES  # 512 consecutive weights of one row per group
@@ -192,20 +193,6 @@ def grouped_gemv_gpu(
     )  # fmt: skip
     args = (chunk_offsets, threshold, stream, raw, lut.reshape(-1))
     return _call(kernel, args, x, scale, n, chunks, num_warps, "ecf8_grouped_gemv", interpret)
-
-
-def slot_words(w: jax.Array, chunk_steps: int) -> jax.Array:
-    """An uncompressed weight as the decoder's output words: uint32[C, S * bits // 32, 128]
-    in slot order (padded to whole chunks), what a raw twin loads instead of decoding."""
-    bits = _value_bits(w.dtype)
-    uint = jnp.uint8 if bits == 8 else jnp.uint16
-    per_chunk = chunk_steps * LANES
-    flat = lax.bitcast_convert_type(w, uint).reshape(-1)
-    chunks = -(-flat.shape[0] // per_chunk)
-    flat = jnp.pad(flat, (0, chunks * per_chunk - flat.shape[0]))
-    per_word = 32 // bits
-    shaped = flat.reshape(chunks, chunk_steps * LANES // (LANES * per_word), LANES, per_word)
-    return lax.bitcast_convert_type(shaped, jnp.uint32)
 
 
 def fp8_rows_gemv(
