@@ -13,12 +13,14 @@ from ecf8_jax.format import grouped
 from ecf8_jax.format.codebook import canonical_tables
 from ecf8_jax.format.constants import DTYPES
 from ecf8_jax.format.tensor import Ecf8Tensor, FormatError, check_known
+from pallas_kernels import compat
 from pallas_kernels.ecf8_decode import api as decode_api
 from pallas_kernels.ecf8_matmul import api as matmul_api
 from pallas_kernels.ecf8_matmul.reference import tiles_to_matrix
 from pallas_kernels.grouped_decode import api as grouped_api
 from pallas_kernels.grouped_decode.reference import words_to_bytes
 from pallas_kernels.grouped_matmul import pallas_gpu as gemv_kernels
+from pallas_kernels.grouped_matmul import pallas_tpu as tpu_gemv_kernels
 
 
 def decode(
@@ -157,10 +159,14 @@ def matmul(
     )  # fmt: skip
 
 
+GEMV_PLATFORMS = ("cuda", "tpu")
+"""Platforms with a row GEMV kernel (Triton on CUDA, Mosaic on TPU); one shape rule for both."""
+
+
 def gemv_applies(shape: tuple[int, ...], m: int) -> bool:
     """Whether layers multiply ``m`` activation rows by an [out, in] weight of ``shape`` with the
-    row GEMV on CUDA (``in`` a multiple of 512 that some chunk size holds whole rows of, m <= 8).
-    A rule on shapes only, so a raw-FP8 layer and its compressed twin always agree."""
+    row GEMV on CUDA or TPU (``in`` a multiple of 512 that some chunk size holds whole rows of,
+    m <= 8). A rule on shapes only, so a raw-FP8 layer and its compressed twin always agree."""
     if len(shape) != 2:
         return False
     steps = grouped.row_chunk_steps(shape[1])
@@ -178,28 +184,59 @@ def fused_gemv_ready(w: Ecf8Tensor) -> bool:
     )
 
 
-def gemv(x: jax.Array, w: Ecf8Tensor, scale: jax.Array, *, interpret: bool = False) -> jax.Array:
-    """``(x @ W.T) * scale`` with the version-2 weight decoded inside a GPU GEMV (m <= 8).
+def _check_gemv_platform(platform: str) -> None:
+    if platform not in GEMV_PLATFORMS:
+        raise ValueError(f"no row GEMV kernel for {platform!r}; available: {GEMV_PLATFORMS}")
+
+
+def gemv(
+    x: jax.Array,
+    w: Ecf8Tensor,
+    scale: jax.Array,
+    *,
+    platform: str = "cuda",
+    interpret: bool = False,
+) -> jax.Array:
+    """``(x @ W.T) * scale`` with the version-2 weight decoded inside a GEMV (m <= 8).
 
     Args:
       x: [m, in] activations.
       w: version-2 [out, in] weight whose chunks hold whole rows (``fused_gemv_ready``).
       scale: float32[out] per output row.
-      interpret: run the Triton kernel in interpret mode.
+      platform: ``"cuda"`` (Triton kernel) or ``"tpu"`` (Mosaic kernel).
+      interpret: run the kernel in interpret mode.
 
     Returns:
-      float32[m, out], bit-identical to :func:`fp8_gemv` on the decoded weight.
+      float32[m, out], bit-identical to :func:`fp8_gemv` of the same platform on the decoded
+      weight.
     """
+    _check_gemv_platform(platform)
     args = grouped.kernel_args(w.stream, w.chunk_offsets, w.signs, w.code_lengths, jnp)
+    if platform == "tpu":
+        params = compat.tpu_interpret_params() if interpret else False
+        return tpu_gemv_kernels.grouped_gemv_tpu(
+            x, *args, scale, n=w.shape[0], dtype=DTYPES[w.dtype], interpret=params
+        )
     return gemv_kernels.grouped_gemv_gpu(
         x, *args, scale,
         n=w.shape[0], fp8_dtype=DTYPES[w.dtype], interpret=interpret,
     )  # fmt: skip
 
 
-def fp8_gemv(x: jax.Array, w: jax.Array, scale: jax.Array, *, interpret: bool = False):
-    """The raw-FP8 twin of :func:`gemv`: the same GPU kernel reading an FP8 [out, in] weight."""
+def fp8_gemv(
+    x: jax.Array,
+    w: jax.Array,
+    scale: jax.Array,
+    *,
+    platform: str = "cuda",
+    interpret: bool = False,
+) -> jax.Array:
+    """The raw twin of :func:`gemv`: the same kernel reading an uncompressed [out, in] weight."""
+    _check_gemv_platform(platform)
     steps = grouped.row_chunk_steps(w.shape[1])
+    if platform == "tpu":
+        params = compat.tpu_interpret_params() if interpret else False
+        return tpu_gemv_kernels.rows_gemv_tpu(x, w, scale, chunk_steps=steps, interpret=params)
     return gemv_kernels.fp8_rows_gemv(x, w, scale, chunk_steps=steps, interpret=interpret)
 
 

@@ -71,3 +71,24 @@ def test_layers_lower_to_the_gemv_kernels_for_cuda_and_to_a_dot_on_cpu():
         assert not any(k in text for k in kernels) and "dot_general" in text
     text = _lowered(ecf8, "cuda", m=16)  # beyond 8 rows: decode, then dot
     assert not any(k in text for k in kernels) and "ecf8_grouped_decode" in text
+
+
+def test_tpu_fused_and_decode_first_gemv_equal_the_raw_twin_bit_for_bit():
+    w = (np.random.default_rng(3).standard_normal((72, 512)) * 0.1).astype(jnp.float8_e4m3fn)
+    t = ecf8_jax.encode(w, chunk_steps=32, balance=False)  # 8 whole rows a chunk
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((1, 512)), jnp.bfloat16)
+    scale = jnp.linspace(0.5, 2.0, 72, dtype=jnp.float32)
+    twin = np.asarray(codec.fp8_gemv(x, jnp.asarray(w), scale, platform="tpu", interpret=True))
+    got = codec.gemv(x, t, scale, platform="tpu", interpret=True)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), twin.view(np.uint32))
+    with pytest.raises(ValueError, match="no row GEMV kernel"):
+        codec.gemv(x, t, scale, platform="rocm")
+
+
+def test_layers_lower_to_the_tpu_gemv_kernels_for_tpu():
+    fp8, ecf8 = _layers()
+    assert "rows_gemv_tpu" in _lowered(fp8, "tpu")
+    text = _lowered(ecf8, "tpu")
+    assert "ecf8_grouped_gemv_tpu" in text and "rows_gemv_tpu" not in text
+    text = _lowered(ecf8, "tpu", m=16)  # beyond 8 rows: decode, then dot
+    assert "gemv" not in text and "ecf8_grouped_decode" in text
