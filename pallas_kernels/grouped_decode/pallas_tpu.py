@@ -15,8 +15,8 @@ Backend: Pallas -> Mosaic TPU. A program decodes 8 chunks at once, one per subla
 the program copies them (plus two spare rows) from HBM into a VMEM window. The exclusive lane
 prefix sum is one MXU matmul with a triangular ones matrix. A group's refills of one
 chunk lie within 128 words of its next word, so each chunk reads two window rows at a scalar
-row offset and every lane picks its word with ``take_along_axis``; the chunk's table is two
-128-lane rows of an (8, 256) block read the same way.
+row offset and every lane picks its word with ``take_along_axis``; the chunk's table is one
+128-lane row holding two 16-bit entries a word (``pack_lut``): one gather and a shift a code.
 """
 
 from __future__ import annotations
@@ -87,8 +87,7 @@ def program_setup(offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem, 
         c = jnp.minimum(first + i, chunks - 1)
         base = jnp.where(sublane == i, offsets_ref[c], base)
         threshold = jnp.where(sublane == i, threshold_ref[c], threshold)
-    lut = lut_ref[...]
-    lut_low, lut_high = lut[:, :ROW_WORDS], lut[:, ROW_WORDS:]
+    pairs = lut_ref[...]  # [block, 128]: entries 2i (low half) and 2i + 1 (high half)
 
     def fetch(pos):
         pos = pos - start_row * ROW_WORDS  # stream word -> window word
@@ -99,9 +98,9 @@ def program_setup(offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem, 
         lane_index = rel & (ROW_WORDS - 1)
         return jnp.where(rel < ROW_WORDS, take_lanes(low, lane_index), take_lanes(high, lane_index))
 
-    def lookup(peek):
-        index = peek & (ROW_WORDS - 1)
-        return jnp.where(peek < ROW_WORDS, take_lanes(lut_low, index), take_lanes(lut_high, index))
+    def lookup(peek):  # one lane gather per code: the pair, then its half
+        pair = take_lanes(pairs, peek >> 1)
+        return (pair >> ((peek & 1) << 4)) & 0xFFFF
 
     ops = GroupOps(exclusive_prefix=_exclusive_prefix_mxu, fetch=fetch, lookup=lookup)
     return ops, threshold, base, copy
@@ -146,6 +145,12 @@ def _decode_kernel(
     zeros = jnp.zeros((block, lanes), jnp.uint32)
     init = (zeros, zeros, jnp.zeros((block, lanes), jnp.int32), base)
     lax.fori_loop(0, raw_rows, body, init)
+
+
+def pack_lut(lut: jax.Array) -> jax.Array:
+    """int32[C, 256] tables -> int32[C, 128]: entries ``2i`` and ``2i + 1`` in the low and high
+    16 bits of word ``i`` (entries are at most 12 bits), so a code is one 128-lane gather."""
+    return (lut[:, 0::2] & 0xFFFF) | (lut[:, 1::2] << 16)
 
 
 def stream_rows_of(stream: jax.Array) -> tuple[jax.Array, int]:
@@ -207,7 +212,7 @@ def grouped_decode_tpu(
         in_specs=[
             pl.BlockSpec(memory_space=pl.ANY),
             pl.BlockSpec((block, raw_rows, lanes), lambda b, *_: (b, 0, 0)),
-            pl.BlockSpec((block, LUT_SIZE), lambda b, *_: (b, 0)),
+            pl.BlockSpec((block, LUT_SIZE // 2), lambda b, *_: (b, 0)),
         ],
         out_specs=pl.BlockSpec((block, out_rows, lanes), lambda b, *_: (b, 0, 0)),
         scratch_shapes=[pltpu.VMEM((rows, ROW_WORDS), jnp.uint32), pltpu.SemaphoreType.DMA],
@@ -227,4 +232,4 @@ def grouped_decode_tpu(
             transcendentals=0,
             bytes_accessed=int(stream.size * 4 + raw.size * 4 + lut.size * 4 + out_bytes),
         ),
-    )(chunk_offsets.astype(jnp.int32), threshold, stream2d, raw, lut)
+    )(chunk_offsets.astype(jnp.int32), threshold, stream2d, raw, pack_lut(lut))

@@ -33,6 +33,7 @@ from jax.experimental.pallas import tpu as pltpu
 from pallas_kernels.grouped_decode.config import BlockSizes
 from pallas_kernels.grouped_decode.pallas_tpu import (
     ROW_WORDS,
+    pack_lut,
     program_setup,
     stream_rows_of,
     window_rows,
@@ -246,7 +247,7 @@ def grouped_gemv_tpu(
         in_specs=[
             pl.BlockSpec(memory_space=pl.ANY),
             pl.BlockSpec((block, raw_rows, lanes), lambda b, *_: (b, 0, 0)),
-            pl.BlockSpec((block, lut.shape[1]), lambda b, *_: (b, 0)),
+            pl.BlockSpec((block, lut.shape[1] // 2), lambda b, *_: (b, 0)),
             pl.BlockSpec(xp.shape, lambda b, *_: (0, 0, 0)),
         ],
         out_specs=pl.BlockSpec((1, m, block, rows), lambda b, *_: (b, 0, 0, 0)),
@@ -261,7 +262,7 @@ def grouped_gemv_tpu(
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel",), vmem_limit_bytes=block_sizes.vmem_limit_bytes
         ),
-    )(chunk_offsets.astype(jnp.int32), threshold, stream2d, raw, lut, xp)
+    )(chunk_offsets.astype(jnp.int32), threshold, stream2d, raw, pack_lut(lut), xp)
     return _finish(out, m, n, scale)
 
 
