@@ -748,6 +748,7 @@ TPU_COLUMNS = [
     Column("name", "kernel"),
     Column("target", "target"),
     Column("size", "size"),
+    Column("m", "m"),
     Column("compiles", "compiles"),
     Column("bundles_per_1024", "bundles/1024w", ".1f"),
     Column("bundle_levels", "levels in->out"),

@@ -162,6 +162,13 @@ def matmul(
 GEMV_PLATFORMS = ("cuda", "tpu")
 """Platforms with a row GEMV kernel (Triton on CUDA, Mosaic on TPU); one shape rule for both."""
 
+LAYER_GEMV_PLATFORMS = ("cuda",)
+"""Where linear layers take the row GEMV for m <= 8 (``bench.kernel_cost``, BENCHMARKS.md).
+On TPU they do not: the fused Mosaic GEMV (~32 GB/s on a v5e) is no faster than decoding
+(~38 GB/s) and then XLA's dot, and its raw-FP8 twin (~33 GB/s: FP8 -> float32 by bit
+arithmetic on the VPU) would slow uncompressed FP8 layers ~25x against XLA's dot; decode-then-dot
+keeps the compressed layer bit-identical to the raw one there."""
+
 
 def gemv_applies(shape: tuple[int, ...], m: int) -> bool:
     """Whether layers multiply ``m`` activation rows by an [out, in] weight of ``shape`` with the

@@ -36,7 +36,7 @@ from flax import nnx
 from jax import lax
 
 from ecf8_jax.codec import (
-    GEMV_PLATFORMS,
+    LAYER_GEMV_PLATFORMS,
     decode,
     decode_chunks,
     fp8_gemv,
@@ -182,14 +182,15 @@ class _ScaledLinear(nnx.Module):
         return None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """``fp8_linear`` on every platform, except on CUDA and TPU for at most 8 activation rows.
+        """``fp8_linear`` on every platform, except on CUDA for at most 8 activation rows.
 
         There, when the shapes admit it (``codec.gemv_applies``: ``in % 512 == 0``; per-tensor or
         per-row scale), the raw-FP8 layer runs the row GEMV kernel on its FP8 weight
         (``codec.fp8_gemv``) and the compressed layer decodes inside the same kernel
         (``codec.gemv``; weights ``compress_model`` wrote in chunks of whole rows) or decodes
         first and runs ``fp8_gemv``: both stay bit-identical. The choice follows the platform
-        the program is lowered for (``lax.platform_dependent``).
+        the program is lowered for (``lax.platform_dependent``); ``codec.LAYER_GEMV_PLATFORMS``
+        says why TPU layers keep decode-then-dot although a TPU GEMV kernel exists.
         """
         scale = self.scale[...] if self.scale is not None else None
         bias = self.bias[...] if self.bias is not None else None
@@ -202,7 +203,7 @@ class _ScaledLinear(nnx.Module):
         m = int(np.prod(x.shape[:-1]))
         if self.block_size is not None or scale is None:
             return dense(x)
-        branches = {p: self.row_gemv(m, p) for p in GEMV_PLATFORMS}
+        branches = {p: self.row_gemv(m, p) for p in LAYER_GEMV_PLATFORMS}
         if all(fn is None for fn in branches.values()):
             return dense(x)
 
