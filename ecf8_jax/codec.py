@@ -259,9 +259,15 @@ def pad_stream(t: Ecf8Tensor, words: int | None = None) -> Ecf8Tensor:
         words = max(1024, 1 << (width - 1).bit_length())
     if words < width:
         raise FormatError(f"pad_stream: {words} words < the stream's {width}")
-    stream = np.asarray(t.stream)
+    xp = _xp(t.stream)
+    stream = xp.asarray(t.stream)
     pad = [(0, 0)] * (stream.ndim - 1) + [(0, words - width)]
-    return dataclasses.replace(t, stream=np.pad(stream, pad))
+    return dataclasses.replace(t, stream=xp.pad(stream, pad))
+
+
+def _xp(*arrays):
+    """numpy for host arrays; jax.numpy while tracing (an abstract model under eval_shape)."""
+    return jnp if any(isinstance(a, jax.core.Tracer) for a in arrays) else np
 
 
 def stack(tensors: list[Ecf8Tensor]) -> Ecf8Tensor:
@@ -280,10 +286,11 @@ def stack(tensors: list[Ecf8Tensor]) -> Ecf8Tensor:
         if t.metadata() != meta:
             raise FormatError(f"stack: tensor {i} has metadata {t.metadata()}, tensor 0 {meta}")
     width = max(int(t.stream.shape[0]) for t in tensors)
-    stream = np.stack([np.asarray(pad_stream(t, width).stream) for t in tensors])
+    xp = _xp(*(leaf for t in tensors for leaf in jax.tree.leaves(t)))
+    stream = xp.stack([xp.asarray(pad_stream(t, width).stream) for t in tensors])
 
     def leaf(name):
-        return np.stack([np.asarray(getattr(t, name)) for t in tensors])
+        return xp.stack([xp.asarray(getattr(t, name)) for t in tensors])
 
     return Ecf8Tensor(
         stream=stream,

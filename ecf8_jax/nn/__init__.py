@@ -20,7 +20,7 @@ from ecf8_jax.nn.adapters import (
     merge_delta,
     merge_lora,
 )
-from ecf8_jax.nn.convert import compress_layer, compress_model
+from ecf8_jax.nn.convert import compress_layer, compress_model, pad_streams_like
 from ecf8_jax.nn.layers import (
     Ecf8Embed,
     Ecf8Linear,
@@ -54,6 +54,7 @@ __all__ = [
     "add_sparse_delta",
     "compress_layer",
     "compress_model",
+    "pad_streams_like",
     "linear_weights",
     "merge_adapters",
     "merge_delta",
