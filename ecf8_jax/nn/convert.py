@@ -39,7 +39,7 @@ def _encode(w, chunk_steps: int | None, pad: bool, rows: bool = False):
     balance = True
     if rows and chunk_steps is None:  # whole rows per chunk: the fused GEMV can take it
         fit = grouped.row_chunk_steps(
-            w.shape[1], min(grouped.DEFAULT_CHUNK_STEPS, -(-w.size // 128))
+            w.shape[1], min(grouped.DEFAULT_CHUNK_STEPS, -(-w.size // 128)), rows=w.shape[0]
         )
         if fit is not None:
             chunk_steps, balance = fit, False

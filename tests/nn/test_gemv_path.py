@@ -92,3 +92,16 @@ def test_layers_keep_decode_then_dot_on_tpu():
     assert "gemv" not in _lowered(fp8, "tpu") and "dot_general" in _lowered(fp8, "tpu")
     text = _lowered(ecf8, "tpu")
     assert "gemv" not in text and "ecf8_grouped_decode" in text and "dot_general" in text
+
+
+def test_whole_row_chunks_are_balanced_so_the_last_one_is_nearly_full():
+    from ecf8_jax.format import grouped
+
+    # SmolLM2's down_proj: 576 rows of 1536. The largest whole-row chunk holds 168 rows (4
+    # chunks, the last with 72: 96 rows of raw nibbles stored for nothing); balanced: 144.
+    assert grouped.row_chunk_steps(1536) * 128 // 1536 == 168
+    steps = grouped.row_chunk_steps(1536, rows=576)
+    assert steps % 32 == 0 and (steps * 128) % 1536 == 0 and steps * 128 // 1536 == 144
+    w = (np.random.default_rng(5).standard_normal((576, 1536)) * 0.1).astype(np.float32)
+    t = enn.compress_layer(enn.Fp8Linear.from_float(w)).weight.get_value()
+    assert t.chunk_steps == steps and t.num_chunks == 4
