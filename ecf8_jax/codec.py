@@ -1,4 +1,5 @@
-"""Decoding ``Ecf8Tensor``s to FP8 arrays, and the stacking that ``vmap``/``scan`` need."""
+"""Decoding ``Ecf8Tensor``s to FP8 / bfloat16 / float16 arrays, and the stacking that
+``vmap``/``scan`` need. The fused matmul (version 1 ``tiles``) and GEMV (version 2) are FP8-only."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pallas_kernels.ecf8_decode import api as decode_api
 from pallas_kernels.ecf8_matmul import api as matmul_api
 from pallas_kernels.ecf8_matmul.reference import tiles_to_matrix
 from pallas_kernels.grouped_decode import api as grouped_api
-from pallas_kernels.grouped_decode.reference import words_to_bytes
+from pallas_kernels.grouped_decode.reference import words_to_values
 from pallas_kernels.grouped_matmul import pallas_gpu as gemv_kernels
 from pallas_kernels.grouped_matmul import pallas_tpu as tpu_gemv_kernels
 
@@ -48,7 +49,7 @@ def decode(
     check_known(t)
     if t.version == 2:
         raw = _decode_grouped(t.stream, t.chunk_offsets, t.signs, t.code_lengths,
-                              implementation, interpret)  # fmt: skip
+                              value_bits(t), implementation, interpret)  # fmt: skip
     else:
         limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
         raw = decode_api.decode(
@@ -64,11 +65,16 @@ def decode(
     return lax.bitcast_convert_type(slots_to_tensor(raw, t), DTYPES[t.dtype])
 
 
-def _decode_grouped(stream, offsets, raw, lengths, implementation, interpret) -> jax.Array:
-    """Version-2 chunks -> uint8[C * S * 128] slots."""
+def value_bits(t: Ecf8Tensor) -> int:
+    """Bits per value of ``t``'s dtype: 8 (FP8) or 16 (bfloat16, float16)."""
+    return DTYPES[t.dtype].itemsize * 8
+
+
+def _decode_grouped(stream, offsets, raw, lengths, bits, implementation, interpret):
+    """Version-2 chunks -> uint8 (FP8) or uint16 (16-bit) [C * S * 128] slots."""
     args = grouped.kernel_args(stream, offsets, raw, lengths, jnp)
-    words = grouped_api.decode(*args, implementation=implementation, interpret=interpret)
-    return words_to_bytes(words)
+    words = grouped_api.decode(*args, bits=bits, implementation=implementation, interpret=interpret)
+    return words_to_values(words, bits)
 
 
 def decode_chunks(
@@ -90,8 +96,8 @@ def decode_chunks(
       implementation, interpret: as for :func:`decode`.
 
     Returns:
-      uint8[n, chunk_steps * 128]: the raw FP8 bit patterns of each chunk, trailing padding of
-      the last chunk included.
+      uint8[n, chunk_steps * 128] (FP8) or uint16 (bfloat16, float16): the bit patterns of
+      each chunk, trailing padding of the last chunk included.
     """
     check_known(t)
     chunks = t.signs.shape[0]
@@ -101,7 +107,7 @@ def decode_chunks(
     if t.version == 2:
         lengths = jnp.asarray(t.code_lengths)[ids]
         raw = _decode_grouped(t.stream, offsets, jnp.asarray(t.signs)[ids], lengths,
-                              implementation, interpret)  # fmt: skip
+                              value_bits(t), implementation, interpret)  # fmt: skip
         return raw.reshape(ids.shape[0], -1)
     limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
     raw = decode_api.decode(
@@ -118,7 +124,8 @@ def decode_chunks(
 
 
 def slots_to_tensor(slots: jax.Array, t: Ecf8Tensor) -> jax.Array:
-    """Reorders decoded chunk slots (uint8[C * S * 128]) into ``t``'s shape, dropping padding."""
+    """Reorders decoded chunk slots (uint8 or uint16 [C * S * 128]) into ``t``'s shape,
+    dropping padding."""
     if t.layout == "tiles":
         return tiles_to_matrix(slots, *t.shape, t.chunk_steps)
     return slots[: t.size].reshape(t.shape)
@@ -148,6 +155,7 @@ def matmul(
     Returns:
       float32[m, n].
     """
+    check_known(w)
     if w.layout != "tiles":
         raise FormatError(f"matmul needs a weight encoded with layout='tiles', not {w.layout!r}")
     k, n = w.shape
@@ -181,8 +189,8 @@ def gemv_applies(shape: tuple[int, ...], m: int) -> bool:
 
 
 def fused_gemv_ready(w: Ecf8Tensor) -> bool:
-    """Whether ``w`` can be decoded inside the GEMV: version 2, unstacked, chunks of whole rows
-    (what ``compress_model`` writes); other encodings are decoded first."""
+    """Whether ``w`` can be decoded inside the GEMV: version 2 (FP8 or 16-bit), unstacked, chunks
+    of whole rows (what ``compress_model`` writes); other encodings are decoded first."""
     return (
         w.version == 2
         and np.ndim(w.chunk_offsets) == 1
