@@ -21,7 +21,7 @@ from ecf8_jax.nn.adapters import (
     merge_delta,
     merge_lora,
 )
-from ecf8_jax.nn.convert import compress_layer, compress_model
+from ecf8_jax.nn.convert import compress_layer, compress_model, pad_streams_like
 from ecf8_jax.nn.layers import (
     Bf16Embed,
     Bf16Linear,
@@ -61,6 +61,7 @@ __all__ = [
     "add_sparse_delta",
     "compress_layer",
     "compress_model",
+    "pad_streams_like",
     "linear_weights",
     "merge_adapters",
     "merge_delta",

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from ecf8_jax.codec import pad_stream
-from ecf8_jax.format import encode, grouped
+from ecf8_jax.format import Ecf8Tensor, encode, grouped
+from ecf8_jax.format.abstract import abstract_encoding
 from ecf8_jax.nn.layers import (
     Bf16Embed,
     Bf16Linear,
@@ -40,15 +43,19 @@ lookup decodes, for ~0.02 bits/weight more on the table."""
 
 
 def _encode(w, chunk_steps: int | None, pad: bool, rows: bool = False):
-    w = np.asarray(w)
     balance = True
     if rows and chunk_steps is None:  # whole rows per chunk: the fused GEMV can take it
         fit = grouped.row_chunk_steps(
-            w.shape[1], min(grouped.DEFAULT_CHUNK_STEPS, -(-w.size // 128))
+            w.shape[1], min(grouped.DEFAULT_CHUNK_STEPS, -(-w.size // 128)), rows=w.shape[0]
         )
         if fit is not None:
             chunk_steps, balance = fit, False
-    t = encode(w, chunk_steps=chunk_steps, balance=balance)
+    if isinstance(w, jax.core.Tracer):  # under nnx.eval_shape: shapes at a fixed stream capacity
+        dtype = jnp.dtype(w.dtype).name
+        return abstract_encoding(
+            w.shape, dtype, chunk_steps=chunk_steps, balance=balance, zeros=jnp.zeros
+        )
+    t = encode(np.asarray(w), chunk_steps=chunk_steps, balance=balance)
     return pad_stream(t) if pad else t
 
 
@@ -237,6 +244,11 @@ def compress_model(
 
     Returns:
       ``model`` (for chaining).
+
+    Under ``nnx.eval_shape`` nothing is encoded: each layer gets the arrays of an encoding whose
+    stream holds ``format.abstract.CODE_BITS_CAPACITY`` code bits per weight (for compiling a
+    compressed model ahead of time; real streams are padded to that capacity with
+    ``pad_stream``).
     """
 
     def select(path, m):
@@ -247,3 +259,23 @@ def compress_model(
 
     Rewrite(select, make, "compress_model").run(model)
     return model
+
+
+def pad_streams_like(tree, like):
+    """Pads every ``Ecf8Tensor`` of ``tree`` to the stream length of its twin in ``like``.
+
+    ``like`` is the state of a compressed model built under ``nnx.eval_shape`` (streams at a
+    fixed capacity, see :func:`compress_model`); the result fits a program compiled ahead of
+    time for it, and decodes exactly as ``tree`` does.
+
+    Raises:
+      FormatError: a stream is longer than its capacity.
+    """
+
+    def is_tensor(x):
+        return isinstance(x, Ecf8Tensor)
+
+    def fit(t, a):
+        return pad_stream(t, int(a.stream.shape[-1])) if is_tensor(t) else t
+
+    return jax.tree.map(fit, tree, like, is_leaf=is_tensor)

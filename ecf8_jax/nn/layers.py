@@ -36,6 +36,7 @@ selects only the float (trainable) parameters: biases, norms, float layers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +47,15 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from ecf8_jax.codec import decode, decode_chunks, fp8_gemv, fused_gemv_ready, gemv, gemv_applies
+from ecf8_jax.codec import (
+    LAYER_GEMV_PLATFORMS,
+    decode,
+    decode_chunks,
+    fp8_gemv,
+    fused_gemv_ready,
+    gemv,
+    gemv_applies,
+)
 from ecf8_jax.format.constants import DTYPES, LANES
 from ecf8_jax.format.tensor import Ecf8Tensor
 
@@ -204,9 +213,11 @@ class _ScaledLinear(nnx.Module):
         """The ``[out, in]`` weight as an array (FP8 for quantized layers)."""
         raise NotImplementedError
 
-    def row_gemv(self, m: int) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
-        """``(x [m, in], row_scale [out]) -> float32 [m, out]`` through the fused GPU GEMV, or
-        None where it does not apply (see :meth:`__call__`)."""
+    def row_gemv(
+        self, m: int, platform: str = "cuda"
+    ) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+        """``(x [m, in], row_scale [out]) -> float32 [m, out]`` through the fused GEMV of
+        ``platform`` ("cuda" or "tpu"), or None where it does not apply (see :meth:`__call__`)."""
         return None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -217,7 +228,8 @@ class _ScaledLinear(nnx.Module):
         (``codec.fp8_gemv``) and the compressed layer decodes inside the same kernel
         (``codec.gemv``; weights ``compress_model`` wrote in chunks of whole rows) or decodes
         first and runs ``fp8_gemv``: both stay bit-identical. The choice follows the platform
-        the program is lowered for (``lax.platform_dependent``).
+        the program is lowered for (``lax.platform_dependent``); ``codec.LAYER_GEMV_PLATFORMS``
+        says why TPU layers keep decode-then-dot although a TPU GEMV kernel exists.
         """
         scale = self.scale[...] if self.scale is not None else None
         bias = self.bias[...] if self.bias is not None else None
@@ -228,11 +240,13 @@ class _ScaledLinear(nnx.Module):
             )
 
         m = int(np.prod(x.shape[:-1]))
-        gemv_fn = None if self.block_size is not None or scale is None else self.row_gemv(m)
-        if gemv_fn is None:
+        if self.block_size is not None or scale is None:
+            return dense(x)
+        branches = {p: self.row_gemv(m, p) for p in LAYER_GEMV_PLATFORMS}
+        if all(fn is None for fn in branches.values()):
             return dense(x)
 
-        def fused(x):
+        def fused(gemv_fn, x):
             row_scale = jnp.broadcast_to(
                 scale.astype(jnp.float32).reshape(-1), (self.out_features,)
             )
@@ -240,7 +254,10 @@ class _ScaledLinear(nnx.Module):
             y = gemv_fn(x2, row_scale).reshape(*x.shape[:-1], self.out_features)
             return y + bias.astype(jnp.float32) if bias is not None else y
 
-        return lax.platform_dependent(x, cuda=fused, default=dense)
+        fused_branches = {
+            p: functools.partial(fused, fn) for p, fn in branches.items() if fn is not None
+        }
+        return lax.platform_dependent(x, default=dense, **fused_branches)
 
 
 def _bias_param(bias) -> nnx.Param | None:
@@ -316,10 +333,10 @@ class Fp8Linear(_ScaledLinear):
     def raw_weight(self) -> jax.Array:
         return self.weight[...]
 
-    def row_gemv(self, m):
+    def row_gemv(self, m, platform="cuda"):
         if not gemv_applies((self.out_features, self.in_features), m):
             return None
-        return lambda x, s: fp8_gemv(x, self.weight[...], s)
+        return lambda x, s: fp8_gemv(x, self.weight[...], s, platform=platform)
 
 
 class Bf16Linear(_ScaledLinear):
@@ -410,13 +427,15 @@ class Ecf8Linear(_ScaledLinear):
     def raw_weight(self) -> jax.Array:
         return decode(self.weight.get_value(), implementation=self.implementation)
 
-    def row_gemv(self, m):
+    def row_gemv(self, m, platform="cuda"):
         if not gemv_applies((self.out_features, self.in_features), m):
             return None
         t = self.weight.get_value()
-        if self.implementation in (None, "pallas_gpu") and fused_gemv_ready(t):
-            return lambda x, s: gemv(x, t, s)
-        return lambda x, s: fp8_gemv(x, self.raw_weight(), s)  # decoded first, same kernel
+        kernel = {"cuda": "pallas_gpu", "tpu": "pallas_tpu"}[platform]
+        if self.implementation in (None, kernel) and fused_gemv_ready(t):
+            return lambda x, s: gemv(x, t, s, platform=platform)
+        # decoded first, then the same kernel
+        return lambda x, s: fp8_gemv(x, self.raw_weight(), s, platform=platform)
 
 
 EMBED_BLOCK_WEIGHTS = 1 << 20

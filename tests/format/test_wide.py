@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
@@ -211,13 +212,17 @@ def test_pad_stream_keeps_16_bit_decoding_exact():
     np.testing.assert_array_equal(_bits(jax.jit(ecf8_jax.decode)(t)), _bits(x))
 
 
-def test_gemv_refuses_16_bit_weights():
+def test_codec_gemv_decodes_16_bit_weights_like_its_raw_twin():
     from ecf8_jax import codec
 
-    t = ecf8_jax.encode(np.ones((8, 512), BF16), chunk_steps=32, balance=False)
-    assert not codec.fused_gemv_ready(t)
-    with pytest.raises(ecf8_jax.FormatError, match="FP8 weights only"):
-        codec.gemv(np.ones((1, 512), np.float32), t, np.ones(8, np.float32))
+    w = (np.random.default_rng(11).standard_normal((8, 512)) * 0.1).astype(BF16)
+    t = ecf8_jax.encode(w, chunk_steps=32, balance=False)
+    assert codec.fused_gemv_ready(t)
+    x = jnp.asarray(np.random.default_rng(12).standard_normal((1, 512)), jnp.float32)
+    ones = jnp.ones((8,), jnp.float32)
+    got = codec.gemv(x, t, ones, interpret=True)
+    twin = codec.fp8_gemv(x, jnp.asarray(w), ones, interpret=True)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(twin).view(np.uint32))
 
 
 def test_stats_measures_16_bit_exponents_bytes_and_values():
