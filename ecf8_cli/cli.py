@@ -15,7 +15,7 @@ from ecf8_jax.errors import one_line
 from ecf8_jax.io.container import INDEX_NAME  # noqa: F401  (re-exported for scripts and tests)
 
 DESCRIPTION = (
-    "Store model weights as ECF8 (entropy-coded FP8) without losing a bit, get them back, "
+    "Store model weights as ECF8 (entropy-coded FP8 or BF16) without losing a bit, get them back, "
     "and run models from them."
 )
 
@@ -28,8 +28,9 @@ commands, by what you want to do:
   run or train       ecf8 generate [MODEL] --prompt TEXT  /  ecf8 finetune OUT
 
 MODEL is a .safetensors file, a folder of them (with or without
-model.safetensors.index.json) or a .gguf file. Only FP8 weights shrink;
-'--cast fp8-row' first turns float weights into FP8 (lossy).
+model.safetensors.index.json) or a .gguf file. FP8, BF16 and F16 weights
+shrink, without loss; '--cast fp8-row' first turns float weights into FP8
+(lossy). 'ecf8 generate/demo --dtype bf16' run BF16 models.
 Run 'ecf8 COMMAND --help' for the options of one command.
 """
 

@@ -210,19 +210,28 @@ def _compress_and_check(named: dict[str, np.ndarray]) -> tuple[list, int, int]:
 
 
 def cmd_minilm(args: argparse.Namespace) -> int:
-    """Compresses all-MiniLM-L6-v2's linear weights (per-row FP8) and proves it lossless."""
+    """Compresses all-MiniLM-L6-v2's linear weights (per-row FP8, or BF16) and proves it
+    lossless."""
+    import ml_dtypes
+
     from ecf8_jax.models_data import minilm_linear_weights
     from ecf8_jax.quantize import quantize_fp8
 
     start = time.perf_counter()
-    named = {k: quantize_fp8(w, granularity="row")[0] for k, w in minilm_linear_weights().items()}
+    weights = minilm_linear_weights()
+    if args.dtype == "bf16":
+        named = {k: w.astype(ml_dtypes.bfloat16) for k, w in weights.items()}
+        kind, what = "BF16", "BF16 weights (rounded from FP32)"
+    else:
+        named = {k: quantize_fp8(w, granularity="row")[0] for k, w in weights.items()}
+        kind, what = "FP8", "FP8 E4M3 weights (per-row scales)"
     rows, raw, packed = _compress_and_check(named)
     if not args.quiet:
-        header = ["tensor", "shape", "FP8 bytes", "ECF8 bytes", "bits/weight", "H(exp)"]
+        header = ["tensor", "shape", f"{kind} bytes", "ECF8 bytes", "bits/weight", "H(exp)"]
         print(table(rows, header))
     n = sum(q.size for q in named.values())
     print(
-        f"all-MiniLM-L6-v2, {len(named)} linear weights, {n} FP8 E4M3 weights (per-row scales): "
+        f"all-MiniLM-L6-v2, {len(named)} linear weights, {n} {what}: "
         f"{raw} -> {packed} bytes ({8 * packed / n:.3f} bits/weight, "
         f"{100 * (1 - packed / raw):.1f} % saved); every tensor decodes bit-identically "
         f"({time.perf_counter() - start:.1f} s)"
@@ -231,19 +240,20 @@ def cmd_minilm(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    """Measures every FP8 tensor of a safetensors file."""
+    """Measures every FP8, BF16 and F16 tensor of a safetensors file."""
     from ecf8_jax.io import safetensors_raw as sr
-    from ecf8_jax.io.container import FP8_NAMES
+    from ecf8_jax.io.container import CODED_NAMES
 
     _, tensors = sr.read(args.file)
-    named = {k: v for k, v in tensors.items() if v.dtype in (sr.DTYPES[n] for n in FP8_NAMES)}
+    coded = [sr.DTYPES[n] for n in CODED_NAMES]
+    named = {k: v for k, v in tensors.items() if v.dtype in coded}
     if not named:
         raise CliError(
-            f"{args.file}: no float8 tensors to measure (ECF8 codes FP8 only; "
+            f"{args.file}: no FP8, BF16 or F16 tensors to measure (ECF8 codes those only; "
             "'ecf8 compress --cast fp8-row' quantizes float weights to FP8 first, lossy)"
         )
     rows, raw, packed = _compress_and_check(named)
-    print(table(rows, ["tensor", "shape", "FP8 bytes", "ECF8 bytes", "bits/weight", "H(exp)"]))
+    print(table(rows, ["tensor", "shape", "raw bytes", "ECF8 bytes", "bits/weight", "H(exp)"]))
     print(f"total: {raw} -> {packed} bytes ({100 * (1 - packed / raw):.1f} % saved)")
     return 0
 
@@ -256,8 +266,9 @@ def add_commands(sub) -> None:
         "compress",
         help="store a model's weights as ECF8 (safetensors file, model folder or GGUF)",
         description="Store a safetensors file, a model folder or a GGUF file as an ECF8 "
-        "checkpoint folder. FP8 weights are entropy-coded without loss; everything else is "
-        "kept as it is. Models without FP8 weights save nothing unless --cast is given.",
+        "checkpoint folder. FP8, BF16 and F16 weights are entropy-coded without loss; "
+        "everything else is kept as it is. Models without such weights (F32) save nothing "
+        "unless --cast is given.",
     )
     p.add_argument("src", help="a .safetensors or .gguf file, or a model folder")
     p.add_argument("out", help="the checkpoint folder to create")
@@ -304,13 +315,19 @@ def add_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="accepted for scripts")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("stats", help="measure how well the FP8 tensors of a file compress")
+    p = sub.add_parser(
+        "stats", help="measure how well the FP8, BF16 and F16 tensors of a file compress"
+    )
     p.add_argument("file", help="a .safetensors file")
     p.add_argument("--quiet", action="store_true", help="accepted for scripts")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser(
-        "minilm", help="compress all-MiniLM-L6-v2 (cast to FP8 per row) and prove it lossless"
+        "minilm",
+        help="compress all-MiniLM-L6-v2 (cast to FP8 per row, or BF16) and prove it lossless",
+    )
+    p.add_argument(
+        "--dtype", choices=("fp8", "bf16"), default="fp8", help="the weights to compress"
     )
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(func=cmd_minilm)

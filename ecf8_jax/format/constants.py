@@ -24,12 +24,22 @@ SIGN_MASK = 0x80  # s ....... : stored raw, one bit per weight, in the sign plan
 MAGNITUDE_MASK = 0x7F  # . eeeemmm / . eeeeemm : entropy-coded together as one symbol
 NUM_SYMBOLS = 128  # every 7-bit magnitude; also exactly one 128-lane vector row
 
+# bfloat16:      s eeeeeeee mmmmmmm  (version 2 only: symbol bits 14..7 = the exponent)
+# float16:       s eeeee mmmmmmmmmm  (version 2 only: symbol = exponent + top 3 mantissa bits)
+FP8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
+"""The dtypes both versions carry; version 1 (and layout ``tiles``) carries only these."""
+
+WIDE_DTYPES = ("bfloat16", "float16")
+"""16-bit dtypes, carried by format version 2 (``grouped.WIDE``) only."""
+
 DTYPES: dict[str, np.dtype] = {
     "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
     "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float16": np.dtype(np.float16),
 }
-EXPONENT_BITS = {"float8_e4m3fn": 4, "float8_e5m2": 5}
-MANTISSA_BITS = {"float8_e4m3fn": 3, "float8_e5m2": 2}
+EXPONENT_BITS = {"float8_e4m3fn": 4, "float8_e5m2": 5, "bfloat16": 8, "float16": 5}
+MANTISSA_BITS = {"float8_e4m3fn": 3, "float8_e5m2": 2, "bfloat16": 7, "float16": 10}
 
 LANES = 128
 """Decoders that share one stream per chunk. 128 fills a TPU vreg row and a Triton block."""

@@ -23,6 +23,7 @@ from ecf8_jax.format.constants import (
     DEFAULT_CHUNK_STEPS,
     DTYPES,
     FORMAT_VERSION,
+    FP8_DTYPES,
     LANES,
     LAYOUTS,
     MAGNITUDE_MASK,
@@ -38,7 +39,8 @@ from ecf8_jax.format.tensor import Ecf8Tensor, compute_checksums, num_chunks
 
 
 def dtype_name(dtype) -> str:
-    """The format's name for an FP8 dtype; raises ``TypeError`` for anything else."""
+    """The format's name for a dtype it carries (FP8, bfloat16, float16); raises ``TypeError``
+    for anything else."""
     dt = np.dtype(dtype)
     for name, candidate in DTYPES.items():
         if dt == candidate:
@@ -77,12 +79,20 @@ def choose_chunk_steps(
     return -(-steps // SIGN_WORD_BITS) * SIGN_WORD_BITS
 
 
-def _as_fp8_numpy(x) -> np.ndarray:
+def as_numpy(x) -> np.ndarray:
+    """``x`` (numpy or jax) as a host numpy array of a dtype the format carries, else
+    ``TypeError``."""
     if isinstance(x, jax.Array):
         x = jax.device_get(x)
     arr = np.asarray(x)
     dtype_name(arr.dtype)
     return arr
+
+
+def bit_patterns(arr: np.ndarray) -> np.ndarray:
+    """The flat, contiguous unsigned bit patterns of ``arr``: uint8 (FP8) or uint16 (16-bit)."""
+    unsigned = np.uint8 if arr.dtype.itemsize == 1 else np.uint16
+    return np.ascontiguousarray(arr).reshape(-1).view(unsigned)
 
 
 BLOCK_WEIGHTS = 1 << 18
@@ -209,10 +219,11 @@ def encode(
     version: int | None = None,
     balance: bool = True,
 ) -> Ecf8Tensor:
-    """Encodes an FP8 array losslessly.
+    """Encodes an FP8, bfloat16 or float16 array losslessly.
 
     Args:
-      x: a numpy (ml_dtypes) or jax array of dtype ``float8_e4m3fn`` or ``float8_e5m2``, any
+      x: a numpy (ml_dtypes) or jax array of dtype ``float8_e4m3fn``, ``float8_e5m2``
+        (either version), ``bfloat16`` or ``float16`` (version 2, layout ``flat`` only), any
         shape (0-size and scalars included).
       chunk_steps: upper bound on symbols per lane per chunk (multiple of 32); a chunk holds
         ``128 * chunk_steps`` weights. Defaults to ``DEFAULT_CHUNK_STEPS`` (version 1) or
@@ -228,19 +239,25 @@ def encode(
       An ``Ecf8Tensor`` with numpy leaves that decodes to the bit patterns of ``x``.
 
     Raises:
-      TypeError: ``x`` is not FP8.
-      ValueError: bad ``chunk_steps``, ``layout`` or ``version``.
+      TypeError: ``x`` is none of those dtypes.
+      ValueError: bad ``chunk_steps``, ``layout`` or ``version``, or a 16-bit ``x`` asked to be
+        written as version 1 or layout ``tiles``.
     """
-    arr = _as_fp8_numpy(x)
+    arr = as_numpy(x)
     name = dtype_name(arr.dtype)
     shape = tuple(int(d) for d in arr.shape)
     n = arr.size
-    raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    raw = bit_patterns(arr)
     if version is None:
         version = FORMAT_VERSION if layout == "flat" else 1
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(
             f"unknown format version {version!r}; expected one of {SUPPORTED_VERSIONS}"
+        )
+    if name not in FP8_DTYPES and (version != 2 or layout != "flat"):
+        raise ValueError(
+            f"{name} is carried by format version 2 with layout 'flat' only (version 1 and "
+            f"layout 'tiles' are FP8-only); got version={version}, layout={layout!r}"
         )
     if version == 2:
         if layout != "flat":
@@ -313,7 +330,8 @@ def _encode_v2(
     n = raw.size
     steps = choose_chunk_steps(n, chunk_steps, version=2, balance=balance)
     chunks = num_chunks(n, steps)
-    stream, offsets, raw_words, lengths = encode_grouped(raw, steps, chunks)
+    width = grouped.width_of_dtype(name)
+    stream, offsets, raw_words, lengths = encode_grouped(raw, steps, chunks, width)
     meta = {"version": 2, "shape": list(shape), "dtype": name, "chunk_steps": steps,
             "layout": "flat"}  # fmt: skip
     checksums = compute_checksums(meta, stream, offsets, raw_words, lengths)

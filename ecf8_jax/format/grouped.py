@@ -31,6 +31,7 @@ Nothing here imports kernels; the tables are built with numpy or jax.numpy alike
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -170,19 +171,34 @@ GEMV_COLUMNS = GROUP * 128
 """Columns of one group of one row: a row-wise GEMV needs ``in_features`` to be a multiple."""
 
 
-def row_chunk_steps(in_features: int, limit: int = DEFAULT_CHUNK_STEPS) -> int | None:
-    """The largest ``chunk_steps <= limit`` whose chunks hold whole rows of ``in_features``.
+def row_chunk_steps(
+    in_features: int, limit: int = DEFAULT_CHUNK_STEPS, rows: int | None = None
+) -> int | None:
+    """The ``chunk_steps <= limit`` whose chunks hold whole rows of ``in_features``.
 
     A fused GEMV over an ``[out, in]`` weight then gives each program whole output rows
-    (``pallas_kernels/grouped_matmul``). None when ``in_features`` is not a multiple of
-    ``GEMV_COLUMNS`` (512) or no multiple of 32 up to ``limit`` fits.
+    (``pallas_kernels/grouped_matmul``). Without ``rows``: the largest such steps. With
+    ``rows`` (the weight's ``out``): as few chunks as the largest allows, their rows balanced so
+    the last chunk is nearly full (a chunk's raw plane is stored whole, so a mostly empty last
+    chunk would cost up to a chunk of raw fields). None when ``in_features`` is not a multiple
+    of ``GEMV_COLUMNS`` (512) or no multiple of 32 up to ``limit`` fits.
     """
     if in_features <= 0 or in_features % GEMV_COLUMNS:
         return None
+    best = None
     for steps in range(limit - limit % STEP_MULTIPLE, 0, -STEP_MULTIPLE):
         if (steps * 128) % in_features == 0:
-            return steps
-    return None
+            best = steps
+            break
+    if best is None or not rows:
+        return best
+    # rows per chunk come in units of `unit` (steps stays a multiple of 32)
+    unit = STEP_MULTIPLE * 128 // math.gcd(in_features, STEP_MULTIPLE * 128)
+    most = best * 128 // in_features
+    chunks = -(-rows // most)
+    balanced = -(-rows // chunks)
+    per_chunk = -(-balanced // unit) * unit
+    return per_chunk * in_features // 128
 
 
 def max_chunk_words(chunk_steps: int, lanes: int = 128) -> int:

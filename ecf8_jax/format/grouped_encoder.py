@@ -16,14 +16,32 @@ from ecf8_jax.format.codebook import code_lengths
 from ecf8_jax.format.constants import LANES
 
 
-def _by_group(a: np.ndarray, groups: int, width: g2.Width) -> np.ndarray:
-    """Slot order -> [group, lane, j]: value ``j`` of lane ``l`` in group ``g`` (``Width``)."""
-    v = width.per_word
-    return (
-        a.reshape(groups, width.words_per_group, LANES, v)
-        .transpose(0, 2, 1, 3)
-        .reshape(groups, LANES, g2.GROUP)
-    )
+def _lane_major(a: np.ndarray, groups: int, width: g2.Width) -> np.ndarray:
+    """Slot order -> [lane, group * 4 + j]: lane ``l``'s values in decoding order.
+
+    Lane ``l``'s ``per_word`` values of one output word are adjacent slots, so the reorder is
+    a plain 2-D transpose of those runs viewed as single wider elements.
+    """
+    run = np.dtype(f"V{width.per_word * a.dtype.itemsize}")
+    rows = np.ascontiguousarray(a).view(run).reshape(groups * width.words_per_group, LANES)
+    return np.ascontiguousarray(rows.T).view(a.dtype).reshape(LANES, groups * g2.GROUP)
+
+
+def _raw_plane(padded: np.ndarray, groups: int, width: g2.Width) -> np.ndarray:
+    """uint32[steps // raws_per_word, LANES] raw words: lane ``l``'s raw field of step ``t`` at
+    bits ``raw_bits * (t % raws_per_word)``, built as little-endian bytes (no 32-bit shifts)."""
+    if width.bits == 8:  # nibble = bit 7 as bit 3, bits 2..0
+        fields = ((padded >> 4) & 0x08) | (padded & 0x07)
+        # [h, 2 groups, lane, 4 steps] -> [h, lane, 8 steps]; two nibbles to a byte.
+        f = fields.reshape(groups // 2, 2, LANES, g2.GROUP).transpose(0, 2, 1, 3)
+        f = f.reshape(groups // 2, LANES, 4, 2)
+        packed = f[..., 0] | (f[..., 1] << 4)
+    else:  # raw byte = bit 15 as bit 7, bits 6..0
+        fields = ((padded >> 8) & 0x80).astype(np.uint8) | (padded & 0x7F).astype(np.uint8)
+        # [g, word p, lane, half k] -> [g, lane, 4 values]: value j = 2p + k.
+        packed = fields.reshape(groups, 2, LANES, 2).transpose(0, 2, 1, 3)
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    return packed.reshape(packed.shape[0], LANES * 4).view("<u4").astype(np.uint32, copy=False)
 
 
 def encode_chunk(padded: np.ndarray, valid: int, width: g2.Width = g2.FP8):
@@ -41,25 +59,31 @@ def encode_chunk(padded: np.ndarray, valid: int, width: g2.Width = g2.FP8):
     """
     slots = padded.shape[0]
     groups = slots // (g2.GROUP * LANES)
-    symbols = width.symbol_of(padded)
-    counts = np.bincount(symbols[:valid], minlength=width.num_symbols)
-    lengths = code_lengths(counts, g2.MAX_CODE_LEN)
-    codes = g2.canonical_codes(lengths, np).astype(np.uint32)
+    symbols = (padded >> width.symbol_shift).astype(np.uint8)  # 16-bit: the cast masks
+    if width.num_symbols < 256:
+        symbols &= width.num_symbols - 1
     ragged = valid < slots
+    # Lane-major order [lane, group * 4 + j]: each lane's codes in bit-string order. Table
+    # reads index with intp (numpy converts any other index type on every read).
+    sym = _lane_major(symbols, groups, width).astype(np.intp)
+    counts = np.bincount(
+        symbols[:valid] if ragged else sym.reshape(-1), minlength=width.num_symbols
+    )
+    lengths = code_lengths(counts, g2.MAX_CODE_LEN)
+    codes = g2.canonical_codes(lengths, np).astype(np.uint64)
 
-    # Lane-major order [lane, group * 4 + j]: each lane's codes in bit-string order.
-    def lane_major(a):
-        return _by_group(a, groups, width).transpose(1, 0, 2).reshape(LANES, -1)
-
-    sym = lane_major(symbols)
-    lens = lengths[sym]
+    lens = np.take(lengths.astype(np.int32), sym)
     if ragged:  # padding is not coded
-        mask = lane_major(np.arange(slots) < valid)
+        mask = _lane_major(np.arange(slots) < valid, groups, width)
         lens[~mask] = 0
-    acc = np.uint16 if groups * g2.GROUP * g2.MAX_CODE_LEN < 1 << 16 else np.int32
-    before = np.cumsum(lens, axis=1, dtype=acc)
-    before -= lens  # bits each lane consumed before each symbol
-    before_group = before[:, :: g2.GROUP].astype(np.int32)  # [LANES, groups]
+    # Bits each lane consumed before each symbol: a running sum over groups (a quarter of the
+    # symbols; numpy's cumsum is a serial loop), then within each group of four.
+    quad = lens.reshape(LANES, groups, g2.GROUP)
+    group_bits = quad[:, :, 0] + quad[:, :, 1]
+    group_bits += quad[:, :, 2]
+    group_bits += quad[:, :, 3]
+    before_group = np.cumsum(group_bits, axis=1, dtype=np.int32)
+    before_group -= group_bits  # [LANES, groups]
 
     # Words taken after the refill of group g: the fewest w with 32 w - B_g >= threshold.
     threshold = int(g2.refill_below(lengths, np))
@@ -72,38 +96,44 @@ def encode_chunk(padded: np.ndarray, valid: int, width: g2.Width = g2.FP8):
     lane_words = refill.sum(axis=1, dtype=np.int32)
     lane_start = np.cumsum(lane_words, dtype=np.int32) - lane_words
 
-    # A code starting at bit o of a lane's word k sits in the 64-bit window of words
-    # (k, k + 1): ``hi`` goes to word k, ``lo`` to k + 1. Words are in lane order, so the codes
-    # starting in one word are contiguous; their bits are disjoint: summing them is an OR.
-    offset = (before & (g2.WORD_BITS - 1)).astype(np.int32)
-    end = offset + lens  # in [1, 39] for coded symbols
-    code = codes[sym]
+    # Lane l's bits fill words lane_start[l], ...: a code at bit position ``pos`` (counted over
+    # those words) sits in the 64-bit window of words (pos >> 5, pos >> 5 + 1), as its
+    # left-justified 64-bit form shifted right by pos & 31. Positions never decrease in
+    # lane-major order, so the codes of one word are contiguous and their bits disjoint:
+    # summing their windows is an OR.
+    wide = slots * g2.MAX_CODE_LEN + LANES * 2 * g2.WORD_BITS >= 1 << 31
+    start = before_group.astype(np.int64 if wide else np.int32)
+    start += (lane_start * g2.WORD_BITS).astype(start.dtype)[:, None]
+    pos = np.empty(quad.shape, start.dtype)
+    pos[:, :, 0] = start
+    for j in range(1, g2.GROUP):
+        np.add(pos[:, :, j - 1], quad[:, :, j - 1], out=pos[:, :, j])
+    pos = pos.reshape(LANES, -1)
+    left = np.where(lengths > 0, codes << (64 - lengths.astype(np.uint64)), 0).astype(np.uint64)
+    window = np.take(left, sym)
+    np.right_shift(window, (pos & (g2.WORD_BITS - 1)).astype(np.uint8), out=window,
+                   dtype=np.uint64)  # fmt: skip
     if ragged:
-        code[~mask] = 0
-    hi = np.where(end <= 32, code << np.clip(32 - end, 0, 31).astype(np.uint32),
-                  code >> np.clip(end - 32, 0, 31).astype(np.uint32))  # fmt: skip
-    lo = np.where(end > 32, code << np.clip(64 - end, 0, 31).astype(np.uint32), 0)
-    word = ((before >> 5).astype(np.int32) + lane_start[:, None]).reshape(-1)
-    starts = np.flatnonzero(np.diff(word, prepend=-1))
+        window[~mask] = 0
+    word = (pos >> 5).reshape(-1)
+    change = np.empty(word.shape, dtype=bool)
+    change[0] = True
+    np.not_equal(word[1:], word[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
     ids = word[starts]
+    sums = np.add.reduceat(window.reshape(-1), starts)
     scratch = np.zeros(int(lane_words.sum()) + 2, np.uint32)
-    scratch[ids] = np.add.reduceat(hi.reshape(-1).astype(np.uint32), starts)
-    scratch[ids + 1] |= np.add.reduceat(lo.reshape(-1).astype(np.uint32), starts)
+    scratch[ids] = (sums >> 32).astype(np.uint32)
+    scratch[ids + 1] |= sums.astype(np.uint32)
 
     # Hand the words out in decoder order: group, then lane.
     order = (taken - 1 + lane_start[:, None]).T.reshape(-1)
     words = scratch[order[np.flatnonzero(refill.T.reshape(-1))]]
 
-    # Raw words: the raw field of lane step t at bits raw_bits * (t % raws_per_word).
-    fields = width.raw_of(padded).astype(np.uint32)
     if ragged:
-        fields[valid:] = 0
-    per = width.groups_per_raw_word
-    f = _by_group(fields, groups, width).reshape(groups // per, per, LANES, g2.GROUP)
-    f = f.transpose(0, 2, 1, 3).reshape(groups // per, LANES, width.raws_per_word)
-    shifts = (width.raw_bits * np.arange(width.raws_per_word)).astype(np.uint32)
-    raw = (f << shifts).sum(axis=-1, dtype=np.uint32)  # disjoint bits: the sum is an OR
-    return words, raw, lengths
+        padded = padded.copy()
+        padded[valid:] = 0
+    return words, _raw_plane(padded, groups, width), lengths
 
 
 def encode_grouped(raw: np.ndarray, steps: int, chunks: int, width: g2.Width = g2.FP8):

@@ -3,9 +3,12 @@
 Invariants of version 2 (``grouped.py``; checked by :func:`validate`), with the same ``n``,
 ``L``, ``S``, ``C`` as below: ``stream`` uint32[W] code words; ``chunk_offsets`` uint32[C + 1]
 word index of each chunk, starting at 0, non-decreasing, at most ``128 * (S / 4 + 2)`` words
-per chunk, ending within ``W``; ``signs`` holds the **raw nibble plane**, uint32[C, S // 8, L];
-``code_lengths`` uint8[C, 16], one codebook per chunk, lengths <= 8, Kraft sum <= 1, at least
-one present per chunk; ``checksums`` uint32[C + 1].
+per chunk, ending within ``W``; ``signs`` holds the **raw plane**: FP8 uint32[C, S // 8, L]
+(nibbles), bfloat16/float16 uint32[C, S // 4, L] (bytes); ``code_lengths`` uint8[C, K], one
+codebook per chunk over K = 16 (FP8) or 256 (16-bit) symbols, lengths <= 8, Kraft sum <= 1, at
+least one present per chunk; ``checksums`` uint32[C + 1].
+
+Version 1 and layout ``tiles`` carry FP8 only.
 
 Invariants of version 1 (see docs/FORMAT.md for the bit-level layout). With
 ``n = prod(shape)``, ``L = LANES``, ``S = chunk_steps`` and ``C = ceil(n / (L * S))``:
@@ -35,6 +38,7 @@ from ecf8_jax.format import grouped
 from ecf8_jax.format.codebook import kraft_sum
 from ecf8_jax.format.constants import (
     DTYPES,
+    FP8_DTYPES,
     LANES,
     LAYOUTS,
     MAX_CODE_LEN,
@@ -55,7 +59,8 @@ class FormatError(ValueError):
 )
 @dataclasses.dataclass(frozen=True)
 class Ecf8Tensor:
-    """One FP8 tensor, losslessly entropy-coded (format version ``version``).
+    """One FP8, bfloat16 or float16 tensor, losslessly entropy-coded (format version
+    ``version``; 16-bit dtypes are version 2 only).
 
     Leaves are the arrays (numpy on the host, jax arrays on device, tracers under ``jit``);
     ``shape``, ``dtype`` (a name from ``DTYPES``), ``chunk_steps``, ``version`` and ``layout``
@@ -66,8 +71,8 @@ class Ecf8Tensor:
 
     stream: jax.Array  # uint32[W]
     chunk_offsets: jax.Array  # uint32[C + 1]
-    signs: jax.Array  # v1: uint32[C, S // 32, LANES] signs; v2: uint32[C, S // 8, LANES] nibbles
-    code_lengths: jax.Array  # v1: uint8[NUM_SYMBOLS]; v2: uint8[C, 16]
+    signs: jax.Array  # v1: uint32[C, S // 32, L] signs; v2: uint32[C, S // 8 | S // 4, L] raw
+    code_lengths: jax.Array  # v1: uint8[NUM_SYMBOLS]; v2: uint8[C, 16 | 256]
     checksums: jax.Array  # uint32[C + 1]
     shape: tuple[int, ...]
     dtype: str
@@ -95,7 +100,7 @@ class Ecf8Tensor:
 
     @property
     def bits_per_weight(self) -> float:
-        """``8 * nbytes / size``; raw FP8 is 8."""
+        """``8 * nbytes / size``; raw FP8 is 8, raw bfloat16 16."""
         return 8.0 * self.nbytes / max(self.size, 1)
 
     def metadata(self) -> dict:
@@ -192,6 +197,11 @@ def check_known(t: Ecf8Tensor) -> None:
         raise FormatError(f"unknown dtype {t.dtype!r}; expected one of {sorted(DTYPES)}")
     if t.layout not in LAYOUTS:
         raise FormatError(f"unknown layout {t.layout!r}; expected one of {LAYOUTS}")
+    if t.dtype not in FP8_DTYPES and (t.version != 2 or t.layout != "flat"):
+        raise FormatError(
+            f"{t.dtype} is carried by format version 2 with layout 'flat' only, not by version "
+            f"{t.version} with layout {t.layout!r}"
+        )
 
 
 def validate(t: Ecf8Tensor) -> Ecf8Tensor:
@@ -269,9 +279,12 @@ def _validate_v2(t, stream, offsets, raw, lengths, checksums) -> None:
     n, c, s = t.size, t.num_chunks, t.chunk_steps
     if t.layout != "flat":
         raise FormatError(f"format version 2 has layout 'flat' only, not {t.layout!r}")
+    width = grouped.width_of_dtype(t.dtype)
+    field = "raw nibbles" if width.bits == 8 else "raw bytes"
     _expect("chunk_offsets", offsets, np.uint32, (c + 1,))
-    _expect("signs (raw nibbles)", raw, np.uint32, (c, s // grouped.NIBBLES_PER_WORD, LANES))
-    _expect("code_lengths", lengths, np.uint8, (c, grouped.NUM_SYMBOLS))
+    _expect(f"signs ({field} of {t.dtype})", raw, np.uint32,
+            (c, s // width.raws_per_word, LANES))  # fmt: skip
+    _expect(f"code_lengths ({t.dtype})", lengths, np.uint8, (c, width.num_symbols))
     _expect("checksums", checksums, np.uint32, (c + 1,))
     if lengths.max(initial=0) > grouped.MAX_CODE_LEN:
         bad = int(np.argmax(lengths.max(axis=1) > grouped.MAX_CODE_LEN))

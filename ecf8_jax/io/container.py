@@ -10,8 +10,9 @@ parses arguments and prints what these functions return::
     container.unpack("model.ecf8", "model_copy")                # the files again, byte for byte
     summary, rows = container.inspect("model.ecf8")
 
-:func:`pack` stores FP8 tensors (``F8_E4M3``, ``F8_E5M2``) as ECF8 (layout ``flat``) and every
-other tensor as it is, in an :mod:`ecf8_jax.checkpoint` whose metadata keeps each source file's
+:func:`pack` stores FP8 tensors (``F8_E4M3``, ``F8_E5M2``) and 16-bit float tensors (``BF16``,
+``F16``) as ECF8 (layout ``flat``, format version 2 for the 16-bit ones) and every other tensor
+as it is, in an :mod:`ecf8_jax.checkpoint` whose metadata keeps each source file's
 safetensors header verbatim, so :func:`unpack` rebuilds the files byte for byte.
 ``cast="fp8-row"`` is lossy: every 2-D F32/F16/BF16 tensor whose name ends in ``weight`` and
 names no embedding or norm is quantized to FP8 E4M3 with one float32 scale per row
@@ -52,6 +53,9 @@ TOOL = "ecf8 compress"
 """The ``tool`` recorded in a packed checkpoint's user metadata (its name from the CLI)."""
 
 FP8_NAMES = ("F8_E4M3", "F8_E5M2")
+WIDE_NAMES = ("BF16", "F16")
+CODED_NAMES = FP8_NAMES + WIDE_NAMES
+"""Safetensors dtypes :func:`pack` entropy-codes (losslessly); the others are stored as they are."""
 CAST_MODES = ("fp8-row",)
 CAST_SOURCE_DTYPES = ("F32", "F16", "BF16")
 
@@ -204,9 +208,10 @@ class PackReport:
 
     Attributes:
       rows: one dict per source tensor: ``tensor``, ``dtype``, ``shape``, ``original_bytes``,
-        ``ecf8_bytes`` and, for FP8 tensors, ``bits_per_weight`` and ``exponent_entropy``.
+        ``ecf8_bytes`` and, for coded tensors, ``bits_per_weight`` and ``exponent_entropy``.
       summary: ``tensors``, ``original_bytes``, ``ecf8_bytes``, ``saved_percent``, ``lossy``,
-        ``fp8_tensors`` (how many were entropy-coded) and ``dtypes`` (source dtype -> count).
+        ``coded_tensors`` (how many were entropy-coded: FP8, BF16, F16), ``fp8_tensors`` (how
+        many of them FP8) and ``dtypes`` (source dtype -> count).
     """
 
     rows: list[dict]
@@ -214,8 +219,8 @@ class PackReport:
 
     @property
     def nothing_to_compress(self) -> bool:
-        """True when no tensor was FP8 (none was entropy-coded): the checkpoint saves nothing."""
-        return self.summary["fp8_tensors"] == 0
+        """True when no tensor was entropy-coded (none FP8, BF16 or F16): nothing is saved."""
+        return self.summary["coded_tensors"] == 0
 
 
 def pack(
@@ -256,7 +261,9 @@ def pack(
     source = resolve_source(src)
     headers = read_headers(source)
     total = sum(h.data_size for h in headers.values())
+    coded_dtypes = [sr.DTYPES[n] for n in CODED_NAMES]
     fp8_dtypes = [sr.DTYPES[n] for n in FP8_NAMES]
+    fp8_count = 0
 
     tree, tensor_meta, rows = {}, {}, []
     with progress("compressing", total) as advance:
@@ -276,7 +283,8 @@ def pack(
                     meta["cast"] = cast
                     arr = q
                     row["dtype"] = f"{info.dtype}->F8_E4M3 (lossy)"
-                if arr.dtype in fp8_dtypes:
+                if arr.dtype in coded_dtypes:
+                    fp8_count += arr.dtype in fp8_dtypes
                     t = encode(arr, chunk_steps=chunk_steps, layout="flat")
                     tree[name] = t
                     meta.update(_exponent_stats(arr))
@@ -322,19 +330,20 @@ def pack(
         "ecf8_bytes": packed,
         "saved_percent": 100 * (1 - packed / orig) if orig else 0.0,
         "lossy": bool(cast),
-        "fp8_tensors": sum("bits_per_weight" in r for r in rows),
+        "coded_tensors": sum("bits_per_weight" in r for r in rows),
+        "fp8_tensors": fp8_count,
         "dtypes": dtypes,
     }
     return PackReport(rows, summary)
 
 
 def nothing_to_compress_hint(summary: dict) -> str:
-    """Why a pack saved nothing and what to do, for a summary with no FP8 tensor."""
+    """Why a pack saved nothing and what to do, for a summary with no coded tensor."""
     dtypes = ", ".join(f"{n} {d}" for d, n in sorted(summary["dtypes"].items())) or "none"
     return (
-        f"no FP8 tensors (found {dtypes}): ECF8 entropy-codes FP8 weights only, so every tensor "
-        "was stored as it is; pass --cast fp8-row to quantize 2-D float weights to FP8 first "
-        "(lossy)"
+        f"no FP8, BF16 or F16 tensors (found {dtypes}): ECF8 entropy-codes those only, so every "
+        "tensor was stored as it is; pass --cast fp8-row to quantize 2-D float weights to FP8 "
+        "first (lossy)"
     )
 
 

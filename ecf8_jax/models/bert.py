@@ -1,4 +1,4 @@
-"""A BERT encoder in Flax NNX on FP8 / ECF8 weights, with mean pooling (all-MiniLM-L6-v2).
+"""A BERT encoder in Flax NNX on FP8 / BF16 / ECF8 weights, with mean pooling (all-MiniLM-L6-v2).
 
 Architecture (Hugging Face ``BertModel``, post-norm): word + position + token-type embeddings →
 LayerNorm; ``num_hidden_layers`` blocks of self-attention → dense → residual → LayerNorm →
@@ -53,15 +53,16 @@ class BertConfig:
 class BertLayer(nnx.Module):
     """Post-norm encoder block (names follow Hugging Face, flattened)."""
 
-    def __init__(self, config: BertConfig, rngs: nnx.Rngs, *, fp8: bool = True):
+    def __init__(self, config: BertConfig, rngs: nnx.Rngs, *, fp8: bool = True, bf16=False):
         d, f, eps = config.hidden_size, config.intermediate_size, config.layer_norm_eps
-        self.query = make_linear(d, d, rngs, bias=True, fp8=fp8)
-        self.key = make_linear(d, d, rngs, bias=True, fp8=fp8)
-        self.value = make_linear(d, d, rngs, bias=True, fp8=fp8)
-        self.attention_output = make_linear(d, d, rngs, bias=True, fp8=fp8)
+        kw = dict(bias=True, fp8=fp8, bf16=bf16)
+        self.query = make_linear(d, d, rngs, **kw)
+        self.key = make_linear(d, d, rngs, **kw)
+        self.value = make_linear(d, d, rngs, **kw)
+        self.attention_output = make_linear(d, d, rngs, **kw)
         self.attention_norm = LayerNorm(d, eps)
-        self.intermediate = make_linear(d, f, rngs, bias=True, fp8=fp8)
-        self.output = make_linear(f, d, rngs, bias=True, fp8=fp8)
+        self.intermediate = make_linear(d, f, rngs, **kw)
+        self.output = make_linear(f, d, rngs, **kw)
         self.output_norm = LayerNorm(d, eps)
         self.heads = config.num_attention_heads
         self.head_dim = d // config.num_attention_heads
@@ -85,16 +86,20 @@ class BertModel(nnx.Module):
       config: the hyper-parameters.
       rngs: random initialisation (loaders replace every weight).
       fp8: FP8 linear layers and word embedding (per-row scales) instead of float ones.
+      bf16: frozen BF16 linear layers and word embedding instead (no scales); position and
+        token-type embeddings, LayerNorms and biases stay float32 either way.
     """
 
-    def __init__(self, config: BertConfig, rngs: nnx.Rngs, *, fp8: bool = True):
+    def __init__(self, config: BertConfig, rngs: nnx.Rngs, *, fp8: bool = True, bf16=False):
         c = config
         self.config = c
-        self.word_embeddings = make_embed(c.vocab_size, c.hidden_size, rngs, fp8=fp8)
+        self.word_embeddings = make_embed(c.vocab_size, c.hidden_size, rngs, fp8=fp8, bf16=bf16)
         self.position_embeddings = Embed.init(c.max_position_embeddings, c.hidden_size, rngs)
         self.token_type_embeddings = Embed.init(c.type_vocab_size, c.hidden_size, rngs)
         self.embeddings_norm = LayerNorm(c.hidden_size, c.layer_norm_eps)
-        self.layers = Stacked([BertLayer(c, rngs, fp8=fp8) for _ in range(c.num_hidden_layers)])
+        self.layers = Stacked(
+            [BertLayer(c, rngs, fp8=fp8, bf16=bf16) for _ in range(c.num_hidden_layers)]
+        )
 
     def __call__(
         self,

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ecf8_jax.nn.layers import Embed, Fp8Embed, Fp8Linear, Linear
+from ecf8_jax.nn.layers import Bf16Embed, Bf16Linear, Embed, Fp8Embed, Fp8Linear, Linear
 from ecf8_jax.quantize import fp8_max
 
 
@@ -46,17 +46,23 @@ def make_linear(
     *,
     bias: bool = False,
     fp8: bool = True,
+    bf16: bool = False,
     dtype=jnp.float32,
-) -> Linear | Fp8Linear:
-    """A randomly initialised layer: :class:`Fp8Linear` (per-row scale) or float :class:`Linear`.
+) -> Linear | Fp8Linear | Bf16Linear:
+    """A randomly initialised layer: :class:`Fp8Linear` (per-row scale), :class:`Bf16Linear`
+    (``bf16=True``, the float weights rounded to bfloat16; computes in bf16 → float32) or
+    float :class:`Linear`.
 
-    Random FP8 models are for tests and shapes; real ones come from ``ecf8_jax.io`` loaders.
+    Random FP8 / BF16 models are for tests and shapes; real ones come from ``ecf8_jax.io``
+    loaders.
     """
     layer = Linear.init(in_features, out_features, rngs, bias=bias, dtype=dtype)
-    if not fp8:
-        return layer
     b = layer.bias[...] if layer.bias is not None else None
     w = layer.weight[...]
+    if bf16:
+        return Bf16Linear.from_float(w, b)
+    if not fp8:
+        return layer
     if isinstance(w, jax.core.Tracer):  # abstract init (nnx.eval_shape): quantize with jnp
         return Fp8Linear(*_quantize_rows(w), b, dtype=dtype)
     return Fp8Linear.from_float(np.asarray(w), b, dtype=dtype)
@@ -75,13 +81,15 @@ def _quantize_rows(w: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def make_embed(
-    num: int, dim: int, rngs: nnx.Rngs, *, fp8: bool = True, dtype=jnp.float32
-) -> Embed | Fp8Embed:
-    """A randomly initialised embedding table, FP8 per row or float."""
+    num: int, dim: int, rngs: nnx.Rngs, *, fp8: bool = True, bf16: bool = False, dtype=jnp.float32
+) -> Embed | Fp8Embed | Bf16Embed:
+    """A randomly initialised embedding table, FP8 per row, BF16 (``bf16=True``) or float."""
     layer = Embed.init(num, dim, rngs, dtype=dtype)
+    table = layer.table[...]
+    if bf16:
+        return Bf16Embed.from_float(table)
     if not fp8:
         return layer
-    table = layer.table[...]
     if isinstance(table, jax.core.Tracer):  # abstract init: see make_linear
         return Fp8Embed(*_quantize_rows(table), dtype=dtype)
     return Fp8Embed.from_float(np.asarray(table), dtype=dtype)

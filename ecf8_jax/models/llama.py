@@ -1,4 +1,4 @@
-"""A Llama-family decoder in Flax NNX on FP8 / ECF8 weights (Llama 2/3, SmolLM2, Fox-1, Qwen3).
+"""A Llama-family decoder in Flax NNX on FP8 / BF16 / ECF8 weights (Llama 2/3, SmolLM2, Fox-1, Qwen3).
 
 Architecture (as Hugging Face ``LlamaForCausalLM`` / ``Qwen3ForCausalLM``): token embedding;
 ``num_hidden_layers`` pre-norm blocks of RMSNorm → attention (rotary position embedding of the
@@ -164,14 +164,14 @@ def init_cache(config: LlamaConfig, batch: int, max_len: int) -> KVCache:
 class Attention(nnx.Module):
     """Grouped-query attention with rotary embeddings and optional q/k RMSNorm (Qwen3)."""
 
-    def __init__(self, config: LlamaConfig, rngs: nnx.Rngs, *, fp8: bool = True):
+    def __init__(self, config: LlamaConfig, rngs: nnx.Rngs, *, fp8: bool = True, bf16=False):
         c = config
         d, h, kvh = c.hidden_size, c.num_attention_heads, c.num_key_value_heads
-        kw = dict(bias=c.attention_bias, fp8=fp8)
+        kw = dict(bias=c.attention_bias, fp8=fp8, bf16=bf16)
         self.q_proj = make_linear(d, h * c.head_dim, rngs, **kw)
         self.k_proj = make_linear(d, kvh * c.head_dim, rngs, **kw)
         self.v_proj = make_linear(d, kvh * c.head_dim, rngs, **kw)
-        self.o_proj = make_linear(h * c.head_dim, d, rngs, bias=False, fp8=fp8)
+        self.o_proj = make_linear(h * c.head_dim, d, rngs, bias=False, fp8=fp8, bf16=bf16)
         if c.qk_norm:
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
@@ -205,8 +205,9 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
 
-    def __init__(self, config: LlamaConfig, rngs: nnx.Rngs, *, fp8: bool = True):
-        d, f, kw = config.hidden_size, config.intermediate_size, dict(bias=config.mlp_bias, fp8=fp8)
+    def __init__(self, config: LlamaConfig, rngs: nnx.Rngs, *, fp8: bool = True, bf16=False):
+        d, f = config.hidden_size, config.intermediate_size
+        kw = dict(bias=config.mlp_bias, fp8=fp8, bf16=bf16)
         self.gate_proj = make_linear(d, f, rngs, **kw)
         self.up_proj = make_linear(d, f, rngs, **kw)
         self.down_proj = make_linear(f, d, rngs, **kw)
@@ -218,11 +219,11 @@ class MLP(nnx.Module):
 class DecoderLayer(nnx.Module):
     """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
 
-    def __init__(self, config: LlamaConfig, rngs: nnx.Rngs, *, fp8: bool = True):
+    def __init__(self, config: LlamaConfig, rngs: nnx.Rngs, *, fp8: bool = True, bf16=False):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, rngs, fp8=fp8)
+        self.self_attn = Attention(config, rngs, fp8=fp8, bf16=bf16)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config, rngs, fp8=fp8)
+        self.mlp = MLP(config, rngs, fp8=fp8, bf16=bf16)
 
     def __call__(self, x, positions, inv_freq, mask, kv=None, index=None):
         h, kv = self.self_attn(self.input_layernorm(x), positions, inv_freq, mask, kv, index)
@@ -238,18 +239,21 @@ class LlamaForCausalLM(nnx.Module):
       rngs: random initialisation (loaders replace every weight).
       fp8: build :class:`~ecf8_jax.nn.Fp8Linear` / ``Fp8Embed`` layers (per-row scales) instead of
         float ones; convert them to ECF8 with :func:`ecf8_jax.nn.compress_model`.
+      bf16: build frozen :class:`~ecf8_jax.nn.Bf16Linear` / ``Bf16Embed`` layers instead (no
+        scales; bf16 × bf16 → float32 matmuls), also converted by ``compress_model``.
     """
 
-    def __init__(self, config: LlamaConfig, rngs: nnx.Rngs, *, fp8: bool = True):
+    def __init__(self, config: LlamaConfig, rngs: nnx.Rngs, *, fp8: bool = True, bf16=False):
         c = config
         self.config = c
-        self.embed_tokens = make_embed(c.vocab_size, c.hidden_size, rngs, fp8=fp8)
-        self.layers = Stacked([DecoderLayer(c, rngs, fp8=fp8) for _ in range(c.num_hidden_layers)])
+        kw = dict(fp8=fp8, bf16=bf16)
+        self.embed_tokens = make_embed(c.vocab_size, c.hidden_size, rngs, **kw)
+        self.layers = Stacked([DecoderLayer(c, rngs, **kw) for _ in range(c.num_hidden_layers)])
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         if c.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = make_linear(c.hidden_size, c.vocab_size, rngs, fp8=fp8)
+            self.lm_head = make_linear(c.hidden_size, c.vocab_size, rngs, **kw)
         self.inv_freq = nnx.Variable(jnp.asarray(rope_inv_freq(c)))
 
     def __call__(

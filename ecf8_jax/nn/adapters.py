@@ -1,11 +1,12 @@
 """Trainable adapters over a frozen compressed base: LoRA and a sparse delta.
 
-The base layer keeps its FP8 / ECF8 weight (an :class:`Ecf8Weight` or :class:`Fp8Weight`, never
-an ``nnx.Param``), so an optimizer or a zeroth-order perturbation filtered on ``nnx.Param``
+The base layer keeps its FP8 / BF16 / ECF8 weight (an :class:`Ecf8Weight`, :class:`Fp8Weight` or
+:class:`Bf16Weight`, never an ``nnx.Param``), so an optimizer or a zeroth-order perturbation filtered on ``nnx.Param``
 touches only the adapter (and the model's other float parameters, e.g. norms; filter on
 :class:`AdapterParam` for the adapters alone). The compressed base stays bit-identical through
 training and is never re-encoded. :func:`merge_adapters` folds trained adapters into new FP8
-weights (requantized per row, lossy) and re-encodes them.
+weights (requantized per row, lossy; a BF16 base: the sum rounded to bf16, lossy) and
+re-encodes them.
 
 Numerics: the base contributes exactly what the base layer computes (``fp8_linear``); the
 adapters add, in float32,
@@ -34,7 +35,7 @@ from flax import nnx
 
 from ecf8_jax import format as ecf8_format
 from ecf8_jax.nn.convert import Rewrite, Where
-from ecf8_jax.nn.layers import Ecf8Linear, Fp8Linear, dequantize, fp8_linear
+from ecf8_jax.nn.layers import Bf16Linear, Ecf8Linear, Fp8Linear, dequantize, fp8_linear, is_16bit
 from ecf8_jax.quantize import quantize_fp8
 
 MaskFn = Callable[[str, nnx.Module], np.ndarray]
@@ -152,11 +153,17 @@ def _merged(layer: LoRA | SparseDelta, encode: bool):
     w = base.raw_weight()
     dense = w.astype(jnp.float32) if scale is None else dequantize(w, scale, base.block_size)
     merged = np.asarray(dense + layer.delta())
+    bias = None if base.bias is None else base.bias[...]
+    impl = getattr(base, "implementation", None)
+    if scale is None and is_16bit(w.dtype):  # a BF16 base: round the sum to its dtype
+        q = merged.astype(np.dtype(w.dtype))
+        if encode:
+            return Ecf8Linear(ecf8_format.encode(q), None, bias, dtype=base.dtype,
+                              implementation=impl)  # fmt: skip
+        return Bf16Linear(q, bias, dtype=base.dtype)
     fp8 = w.dtype if scale is not None else jnp.float8_e4m3fn
     q, row_scale = quantize_fp8(merged, granularity="row", dtype=fp8)
-    bias = None if base.bias is None else base.bias[...]
     if encode:
-        impl = getattr(base, "implementation", None)
         return Ecf8Linear(
             ecf8_format.encode(q), row_scale, bias, dtype=base.dtype, implementation=impl
         )
@@ -172,7 +179,8 @@ def merge_delta(layer: SparseDelta, *, encode: bool = True):
 
     Returns:
       A new linear layer with weight ``dequantize(base) + delta``, per-row FP8 scales, the base's
-      FP8 dtype, bias and compute dtype.
+      FP8 dtype, bias and compute dtype; for a BF16 (or FP16) base, ``base + delta`` rounded to
+      the base's dtype, no scale.
     """
     return _merged(layer, encode)
 
@@ -190,7 +198,7 @@ def merge_lora(layer: LoRA, *, encode: bool = True):
 
 
 def _is_linear(m) -> bool:
-    return isinstance(m, Fp8Linear | Ecf8Linear)
+    return isinstance(m, Fp8Linear | Ecf8Linear | Bf16Linear)
 
 
 def _pad_deltas(layers: list[nnx.Module]) -> None:
@@ -222,7 +230,7 @@ def _adapt(model, where: Where | None, make, what: str) -> nnx.Module:
         seen = _candidates(model)
         shown = ", ".join(seen[:8]) + (", ..." if len(seen) > 8 else "")
         raise ValueError(
-            f"{what}: `where` selected no FP8/ECF8 linear layer (not already adapted); "
+            f"{what}: `where` selected no FP8/BF16/ECF8 linear layer (not already adapted); "
             f"the {len(seen)} candidates are: {shown or 'none'}"
         )
     return model
@@ -236,7 +244,7 @@ def add_lora(
     alpha: float = 1.0,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """Wraps the model's selected FP8/ECF8 linear layers in :class:`LoRA` adapters, in place.
+    """Wraps the model's selected FP8/BF16/ECF8 linear layers in :class:`LoRA` adapters, in place.
 
     Args:
       model: any NNX module; modified in place.
@@ -273,7 +281,7 @@ def add_sparse_delta(
     by: str = "magnitude",
     seed: int = 0,
 ) -> nnx.Module:
-    """Wraps the model's selected FP8/ECF8 linear layers in :class:`SparseDelta` adapters.
+    """Wraps the model's selected FP8/BF16/ECF8 linear layers in :class:`SparseDelta` adapters.
 
     Args:
       model: any NNX module; modified in place.
@@ -288,7 +296,7 @@ def add_sparse_delta(
 
         In a stack, layers whose masks have different counts are padded to the largest with
         inert entries (see :class:`SparseDelta`).
-      where: selects layers as in :func:`add_lora` (default: every FP8/ECF8 linear layer, or the
+      where: selects layers as in :func:`add_lora` (default: every FP8/BF16/ECF8 linear layer, or the
         keys of a mapping ``mask``).
       by: for a density: ``"magnitude"`` (largest ``|w|`` of the dequantized weight, ties to the
         lower flat index) or ``"random"`` (uniform, from ``seed``).
@@ -341,7 +349,7 @@ def _dequantized(layer) -> np.ndarray:
 
 
 def linear_weights(model: nnx.Module, where: Where | None = None) -> dict[str, np.ndarray]:
-    """The dequantized float32 ``[out, in]`` weights of the selected FP8/ECF8 linear layers.
+    """The dequantized float32 ``[out, in]`` weights of the selected FP8/BF16/ECF8 linear layers.
 
     A dict keyed by the paths :func:`add_sparse_delta` uses, to score masks on, e.g.
     ``add_sparse_delta(model, training.magnitude_mask(linear_weights(model, where), 1e-3))``

@@ -1,15 +1,25 @@
-"""Converting an NNX model's raw-FP8 layers to ECF8 in place (like ``qwix.quantize_model``)."""
+"""Converting an NNX model's raw FP8 / BF16 layers to ECF8 in place (like ``qwix.quantize_model``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from ecf8_jax.codec import pad_stream
-from ecf8_jax.format import encode, grouped
-from ecf8_jax.nn.layers import Ecf8Embed, Ecf8Linear, Fp8Embed, Fp8Linear
+from ecf8_jax.format import Ecf8Tensor, encode, grouped
+from ecf8_jax.format.abstract import abstract_encoding
+from ecf8_jax.nn.layers import (
+    Bf16Embed,
+    Bf16Linear,
+    Ecf8Embed,
+    Ecf8Linear,
+    Fp8Embed,
+    Fp8Linear,
+)
 from ecf8_jax.nn.stack import Stacked
 
 Where = Callable[[str, nnx.Module], bool]
@@ -33,29 +43,38 @@ lookup decodes, for ~0.02 bits/weight more on the table."""
 
 
 def _encode(w, chunk_steps: int | None, pad: bool, rows: bool = False):
-    w = np.asarray(w)
     balance = True
     if rows and chunk_steps is None:  # whole rows per chunk: the fused GEMV can take it
         fit = grouped.row_chunk_steps(
-            w.shape[1], min(grouped.DEFAULT_CHUNK_STEPS, -(-w.size // 128))
+            w.shape[1], min(grouped.DEFAULT_CHUNK_STEPS, -(-w.size // 128)), rows=w.shape[0]
         )
         if fit is not None:
             chunk_steps, balance = fit, False
-    t = encode(w, chunk_steps=chunk_steps, balance=balance)
+    if isinstance(w, jax.core.Tracer):  # under nnx.eval_shape: shapes at a fixed stream capacity
+        dtype = jnp.dtype(w.dtype).name
+        return abstract_encoding(
+            w.shape, dtype, chunk_steps=chunk_steps, balance=balance, zeros=jnp.zeros
+        )
+    t = encode(np.asarray(w), chunk_steps=chunk_steps, balance=balance)
     return pad_stream(t) if pad else t
 
 
+RAW_LAYERS = (Fp8Linear, Fp8Embed, Bf16Linear, Bf16Embed)
+"""The frozen uncompressed layers :func:`compress_model` converts."""
+
+
 def compress_layer(
-    layer: Fp8Linear | Fp8Embed,
+    layer: Fp8Linear | Fp8Embed | Bf16Linear | Bf16Embed,
     *,
     chunk_steps: int | None = None,
     pad: bool = False,
     implementation: str | None = None,
 ) -> Ecf8Linear | Ecf8Embed:
-    """The ECF8 twin of one raw-FP8 layer (same scale, bias, block size and compute dtype).
+    """The ECF8 twin of one raw FP8 or BF16 layer (same scale, bias, block size, compute dtype).
 
     Args:
-      layer: an :class:`Fp8Linear` or :class:`Fp8Embed`.
+      layer: an :class:`Fp8Linear`, :class:`Fp8Embed`, :class:`Bf16Linear` or
+        :class:`Bf16Embed` (an FP16 weight in the latter two as well).
       chunk_steps: encoder option (default: the format's default; ``EMBED_CHUNK_STEPS`` for
         embedding tables).
       pad: zero-pad each stream with :func:`ecf8_jax.pad_stream` (fewer distinct shapes, so
@@ -79,7 +98,26 @@ def compress_layer(
             dtype=layer.dtype,
             implementation=implementation,
         )
-    raise TypeError(f"compress_layer converts Fp8Linear / Fp8Embed, not {type(layer).__name__}")
+    if isinstance(layer, Bf16Linear):  # no scale; the fused GEMV is FP8-only: any chunking
+        bias = layer.bias[...] if layer.bias is not None else None
+        return Ecf8Linear(
+            _encode(layer.weight[...], chunk_steps, pad),
+            None,
+            bias,
+            dtype=layer.dtype,
+            implementation=implementation,
+        )
+    if isinstance(layer, Bf16Embed):
+        return Ecf8Embed(
+            _encode(layer.table[...], chunk_steps or EMBED_CHUNK_STEPS, pad),
+            None,
+            dtype=layer.dtype,
+            implementation=implementation,
+        )
+    raise TypeError(
+        "compress_layer converts Fp8Linear / Fp8Embed / Bf16Linear / Bf16Embed, "
+        f"not {type(layer).__name__}"
+    )
 
 
 class Rewrite:
@@ -186,30 +224,58 @@ def compress_model(
     pad: bool = False,
     implementation: str | None = None,
 ) -> nnx.Module:
-    """Replaces the model's :class:`Fp8Linear` / :class:`Fp8Embed` layers by their ECF8 twins.
+    """Replaces the model's :class:`Fp8Linear` / :class:`Fp8Embed` / :class:`Bf16Linear` /
+    :class:`Bf16Embed` layers by their ECF8 twins.
 
-    The conversion is lossless: the compressed model decodes bit-identical FP8 weights and runs
-    the same matmul code, so its outputs are bit-identical to the raw-FP8 model's. A layer shared
+    The conversion is lossless: the compressed model decodes bit-identical FP8 (or BF16)
+    weights and runs the same matmul code, so its outputs are bit-identical to the raw model's.
+    Float layers (:class:`Linear`, :class:`Embed`, whose weights are trainable ``nnx.Param``s)
+    are left alone, whatever their dtype. A layer shared
     by several paths (a tied embedding) is encoded once and stays shared. The layers of a
     :class:`~ecf8_jax.nn.Stacked` are converted one by one and stacked again (their streams
     zero-padded to the longest, see :func:`ecf8_jax.stack`).
 
     Args:
       model: any NNX module; modified in place.
-      where: ``where(path, layer) -> bool`` selecting which FP8 layers to convert, ``path`` being
+      where: ``where(path, layer) -> bool`` selecting which raw layers to convert, ``path`` being
         the dotted attribute path (``"layers.0.attn.q_proj"``, also inside a stack); default: all
         of them. In a stack it must choose alike in every layer.
       chunk_steps, pad, implementation: see :func:`compress_layer`.
 
     Returns:
       ``model`` (for chaining).
+
+    Under ``nnx.eval_shape`` nothing is encoded: each layer gets the arrays of an encoding whose
+    stream holds ``format.abstract.CODE_BITS_CAPACITY`` code bits per weight (for compiling a
+    compressed model ahead of time; real streams are padded to that capacity with
+    ``pad_stream``).
     """
 
     def select(path, m):
-        return isinstance(m, Fp8Linear | Fp8Embed) and (where is None or bool(where(path, m)))
+        return isinstance(m, RAW_LAYERS) and (where is None or bool(where(path, m)))
 
     def make(path, m):
         return compress_layer(m, chunk_steps=chunk_steps, pad=pad, implementation=implementation)
 
     Rewrite(select, make, "compress_model").run(model)
     return model
+
+
+def pad_streams_like(tree, like):
+    """Pads every ``Ecf8Tensor`` of ``tree`` to the stream length of its twin in ``like``.
+
+    ``like`` is the state of a compressed model built under ``nnx.eval_shape`` (streams at a
+    fixed capacity, see :func:`compress_model`); the result fits a program compiled ahead of
+    time for it, and decodes exactly as ``tree`` does.
+
+    Raises:
+      FormatError: a stream is longer than its capacity.
+    """
+
+    def is_tensor(x):
+        return isinstance(x, Ecf8Tensor)
+
+    def fit(t, a):
+        return pad_stream(t, int(a.stream.shape[-1])) if is_tensor(t) else t
+
+    return jax.tree.map(fit, tree, like, is_leaf=is_tensor)

@@ -1,4 +1,5 @@
-"""Flax NNX layers whose weights are scaled FP8, stored raw (``Fp8*``) or ECF8-coded (``Ecf8*``).
+"""Flax NNX layers whose weights are scaled FP8 or BF16, stored raw (``Fp8*``, ``Bf16*``) or
+ECF8-coded (``Ecf8*``).
 
 Why: a model keeps its weights compressed in memory and decodes each one inside the jitted
 forward pass, right before the matmul that uses it. The raw-FP8 twins run the *same* code with the
@@ -15,26 +16,46 @@ Numerics (one function, :func:`fp8_linear`, serves every linear layer):
   dequantized checkpoint), ``jnp.bfloat16`` for speed (FP8 values are exact in bf16, the scaled
   ones are rounded once).
 
+BF16 weights (:class:`Bf16Linear`, :class:`Bf16Embed`, and :class:`Ecf8Linear` /
+:class:`Ecf8Embed` holding a bfloat16 :class:`~ecf8_jax.Ecf8Tensor`) have no scale: the compute
+dtype defaults to the weight's own dtype, so a linear layer runs ``dot(x.astype(bfloat16), w.T,
+preferred_element_type=float32)``: bf16 × bf16 products (exact in float32) accumulated in float32,
+a float32 result, the MXU / tensor-core path and the numerics of ``torch.nn.Linear`` on BF16
+weights before its final rounding to bf16 (activations stay float32 between layers here; only
+the matmul inputs are rounded to bf16). An embedding lookup returns the rows widened to float32
+(exact); the tied head is the same bf16 × bf16 → f32 dot. FP16 weights (``float16``) work the
+same way, with float16 as the compute dtype.
+
 Weights keep the checkpoint layout ``[out, in]`` (PyTorch / Hugging Face), so loaders store what
 they read without transposing.
 
 Variables: an ECF8 weight is an :class:`Ecf8Weight`, a raw FP8 one an :class:`Fp8Weight`, their
-scales :class:`Fp8Scale`; none of them is an ``nnx.Param``, so ``nnx.state(model, nnx.Param)``
+scales :class:`Fp8Scale`, a raw BF16 one a :class:`Bf16Weight`; none of them is an ``nnx.Param``, so ``nnx.state(model, nnx.Param)``
 selects only the float (trainable) parameters: biases, norms, float layers.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax import lax
 
-from ecf8_jax.codec import decode, decode_chunks, fp8_gemv, fused_gemv_ready, gemv, gemv_applies
+from ecf8_jax.codec import (
+    LAYER_GEMV_PLATFORMS,
+    decode,
+    decode_chunks,
+    fp8_gemv,
+    fused_gemv_ready,
+    gemv,
+    gemv_applies,
+)
 from ecf8_jax.format.constants import DTYPES, LANES
 from ecf8_jax.format.tensor import Ecf8Tensor
 
@@ -47,6 +68,33 @@ class Ecf8Weight(nnx.Variable):
 
 class Fp8Weight(nnx.Variable):
     """A raw FP8 weight (``float8_e4m3fn`` / ``float8_e5m2`` array), not trainable."""
+
+
+class Bf16Weight(nnx.Variable):
+    """A raw 16-bit float weight (``bfloat16``, or ``float16``) of a frozen layer, not trainable."""
+
+
+SIXTEEN_BIT_DTYPES = ("bfloat16", "float16")
+"""Float dtypes the unscaled 16-bit layers hold (:class:`Bf16Linear`, :class:`Bf16Embed`)."""
+
+
+def is_16bit(dtype) -> bool:
+    """Whether ``dtype`` (a dtype or its name) is one of :data:`SIXTEEN_BIT_DTYPES`."""
+    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    return name in SIXTEEN_BIT_DTYPES
+
+
+def value_dtype(name: str) -> np.dtype:
+    """The numpy / ml_dtypes dtype of an :class:`~ecf8_jax.Ecf8Tensor`'s dtype name."""
+    return DTYPES[name] if name in DTYPES else np.dtype(getattr(ml_dtypes, name, name))
+
+
+def _check_scale(t: Ecf8Tensor, scale, what: str) -> None:
+    """FP8 tensors need a scale, 16-bit ones have none."""
+    if is_16bit(t.dtype) and scale is not None:
+        raise ValueError(f"{what}: a {t.dtype} weight takes no scale (pass scale=None)")
+    if not is_16bit(t.dtype) and scale is None:
+        raise ValueError(f"{what}: an FP8 ({t.dtype}) weight needs its scale")
 
 
 class Fp8Scale(nnx.Variable):
@@ -165,9 +213,11 @@ class _ScaledLinear(nnx.Module):
         """The ``[out, in]`` weight as an array (FP8 for quantized layers)."""
         raise NotImplementedError
 
-    def row_gemv(self, m: int) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
-        """``(x [m, in], row_scale [out]) -> float32 [m, out]`` through the fused GPU GEMV, or
-        None where it does not apply (see :meth:`__call__`)."""
+    def row_gemv(
+        self, m: int, platform: str = "cuda"
+    ) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+        """``(x [m, in], row_scale [out]) -> float32 [m, out]`` through the fused GEMV of
+        ``platform`` ("cuda" or "tpu"), or None where it does not apply (see :meth:`__call__`)."""
         return None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -178,7 +228,8 @@ class _ScaledLinear(nnx.Module):
         (``codec.fp8_gemv``) and the compressed layer decodes inside the same kernel
         (``codec.gemv``; weights ``compress_model`` wrote in chunks of whole rows) or decodes
         first and runs ``fp8_gemv``: both stay bit-identical. The choice follows the platform
-        the program is lowered for (``lax.platform_dependent``).
+        the program is lowered for (``lax.platform_dependent``); ``codec.LAYER_GEMV_PLATFORMS``
+        says why TPU layers keep decode-then-dot although a TPU GEMV kernel exists.
         """
         scale = self.scale[...] if self.scale is not None else None
         bias = self.bias[...] if self.bias is not None else None
@@ -189,11 +240,13 @@ class _ScaledLinear(nnx.Module):
             )
 
         m = int(np.prod(x.shape[:-1]))
-        gemv_fn = None if self.block_size is not None or scale is None else self.row_gemv(m)
-        if gemv_fn is None:
+        if self.block_size is not None or scale is None:
+            return dense(x)
+        branches = {p: self.row_gemv(m, p) for p in LAYER_GEMV_PLATFORMS}
+        if all(fn is None for fn in branches.values()):
             return dense(x)
 
-        def fused(x):
+        def fused(gemv_fn, x):
             row_scale = jnp.broadcast_to(
                 scale.astype(jnp.float32).reshape(-1), (self.out_features,)
             )
@@ -201,7 +254,10 @@ class _ScaledLinear(nnx.Module):
             y = gemv_fn(x2, row_scale).reshape(*x.shape[:-1], self.out_features)
             return y + bias.astype(jnp.float32) if bias is not None else y
 
-        return lax.platform_dependent(x, cuda=fused, default=dense)
+        fused_branches = {
+            p: functools.partial(fused, fn) for p, fn in branches.items() if fn is not None
+        }
+        return lax.platform_dependent(x, default=dense, **fused_branches)
 
 
 def _bias_param(bias) -> nnx.Param | None:
@@ -277,18 +333,67 @@ class Fp8Linear(_ScaledLinear):
     def raw_weight(self) -> jax.Array:
         return self.weight[...]
 
-    def row_gemv(self, m):
+    def row_gemv(self, m, platform="cuda"):
         if not gemv_applies((self.out_features, self.in_features), m):
             return None
-        return lambda x, s: fp8_gemv(x, self.weight[...], s)
+        return lambda x, s: fp8_gemv(x, self.weight[...], s, platform=platform)
+
+
+class Bf16Linear(_ScaledLinear):
+    """A frozen linear layer with a raw BF16 (or FP16) ``[out, in]`` weight and no scale.
+
+    The 16-bit counterpart of :class:`Fp8Linear`: the weight is a :class:`Bf16Weight`, not an
+    ``nnx.Param``, so training filtered on ``nnx.Param`` leaves it alone, and
+    :func:`~ecf8_jax.nn.compress_model` turns the layer into an :class:`Ecf8Linear` that
+    decodes the same bits and runs the same dot (bit-identical outputs).
+
+    Args:
+      weight: ``bfloat16`` or ``float16`` ``[out, in]``.
+      bias: optional float ``[out]`` (kept float32).
+      dtype: compute dtype; default the weight's dtype (bf16 × bf16 → float32, see the module
+        docstring).
+    """
+
+    def __init__(self, weight, bias=None, *, dtype: Dtype | None = None):
+        weight = jnp.asarray(weight)
+        if weight.ndim != 2 or not is_16bit(weight.dtype):
+            raise ValueError(
+                f"Bf16Linear needs a 2-D bfloat16/float16 weight, got {weight.dtype}{weight.shape}"
+            )
+        self.out_features, self.in_features = weight.shape
+        self.weight = Bf16Weight(weight)
+        self.scale = None
+        self.bias = _bias_param(bias)
+        self.block_size = None
+        self.dtype = weight.dtype if dtype is None else dtype
+
+    @classmethod
+    def from_float(cls, w, bias=None, *, dtype: Dtype = jnp.bfloat16, **kw) -> Bf16Linear:
+        """Rounds a float ``[out, in]`` weight to ``dtype`` (nearest even; a BF16 weight is kept
+        bit for bit, an FP32 or FP16 one rounds: lossy)."""
+        return cls(_to_16bit(w, dtype), bias, **kw)
+
+    def raw_weight(self) -> jax.Array:
+        return self.weight[...]
+
+
+def _to_16bit(w, dtype) -> jax.Array:
+    """``w`` as ``dtype`` (round to nearest even); numpy arrays are converted on the host."""
+    if isinstance(w, jax.Array):
+        return w.astype(dtype)
+    w = np.asarray(w)
+    return jnp.asarray(w if w.dtype == jnp.dtype(dtype) else w.astype(jnp.dtype(dtype)))
 
 
 class Ecf8Linear(_ScaledLinear):
-    """:class:`Fp8Linear` with the weight ECF8-coded; decoded in the forward pass.
+    """:class:`Fp8Linear` (or :class:`Bf16Linear`) with the weight ECF8-coded; decoded in the
+    forward pass.
 
     Args:
-      weight: an :class:`~ecf8_jax.Ecf8Tensor` of an FP8 ``[out, in]`` weight.
-      scale, bias, block_size, dtype: as for :class:`Fp8Linear`.
+      weight: an :class:`~ecf8_jax.Ecf8Tensor` of an FP8, BF16 or FP16 ``[out, in]`` weight.
+      scale: as for :class:`Fp8Linear`; ``None`` for a 16-bit weight (which has no scale).
+      bias, block_size, dtype: as for :class:`Fp8Linear`; ``dtype=None`` is float32 for FP8
+        and the weight's dtype for a 16-bit weight (as :class:`Bf16Linear`).
       implementation: decode backend passed to :func:`ecf8_jax.decode` (``None``: this
         platform's kernel, else the jnp reference).
     """
@@ -296,33 +401,41 @@ class Ecf8Linear(_ScaledLinear):
     def __init__(
         self,
         weight: Ecf8Tensor,
-        scale,
+        scale=None,
         bias=None,
         *,
         block_size: tuple[int, int] = (128, 128),
-        dtype: Dtype = jnp.float32,
+        dtype: Dtype | None = None,
         implementation: str | None = None,
     ):
         if not isinstance(weight, Ecf8Tensor) or len(weight.shape) != 2:
             raise ValueError("Ecf8Linear needs a 2-D Ecf8Tensor")
+        _check_scale(weight, scale, "Ecf8Linear")
         self.out_features, self.in_features = weight.shape
         self.weight = Ecf8Weight(jax.tree.map(jnp.asarray, weight))
-        scale, self.block_size = normalize_scale(scale, weight.shape, block_size)
-        self.scale = Fp8Scale(jnp.asarray(scale))
+        if scale is None:
+            self.scale, self.block_size = None, None
+        else:
+            scale, self.block_size = normalize_scale(scale, weight.shape, block_size)
+            self.scale = Fp8Scale(jnp.asarray(scale))
         self.bias = _bias_param(bias)
+        if dtype is None:
+            dtype = value_dtype(weight.dtype) if scale is None else jnp.float32
         self.dtype = dtype
         self.implementation = implementation
 
     def raw_weight(self) -> jax.Array:
         return decode(self.weight.get_value(), implementation=self.implementation)
 
-    def row_gemv(self, m):
+    def row_gemv(self, m, platform="cuda"):
         if not gemv_applies((self.out_features, self.in_features), m):
             return None
         t = self.weight.get_value()
-        if self.implementation in (None, "pallas_gpu") and fused_gemv_ready(t):
-            return lambda x, s: gemv(x, t, s)
-        return lambda x, s: fp8_gemv(x, self.raw_weight(), s)  # decoded first, same kernel
+        kernel = {"cuda": "pallas_gpu", "tpu": "pallas_tpu"}[platform]
+        if self.implementation in (None, kernel) and fused_gemv_ready(t):
+            return lambda x, s: gemv(x, t, s, platform=platform)
+        # decoded first, then the same kernel
+        return lambda x, s: fp8_gemv(x, self.raw_weight(), s, platform=platform)
 
 
 EMBED_BLOCK_WEIGHTS = 1 << 20
@@ -369,6 +482,11 @@ class _ScaledEmbed(nnx.Module):
         rows = jnp.take(lax.bitcast_convert_type(table, jnp.uint8), ids, axis=0)
         return lax.bitcast_convert_type(rows, table.dtype)
 
+    def lookup_dtype(self) -> Dtype:
+        """The dtype of looked-up rows of an unscaled table: ``dtype`` for float tables,
+        float32 for 16-bit frozen ones (:class:`Bf16Embed`; exact widening)."""
+        return self.dtype
+
     def rows_per_block(self) -> int:
         """Rows of one :meth:`attend` block."""
         return max(1, min(self.num_embeddings, EMBED_BLOCK_WEIGHTS // self.features))
@@ -377,7 +495,7 @@ class _ScaledEmbed(nnx.Module):
         """``[...]`` token ids to ``[..., dim]`` embeddings of ``dtype`` (float32 by default)."""
         rows = self.lookup_rows(ids.reshape(-1)).reshape(*ids.shape, self.features)
         if self.scale is None:
-            return rows.astype(self.dtype)
+            return rows.astype(self.lookup_dtype())
         scale = self.scale[...]
         if scale.ndim:  # [vocab, 1], per row
             scale = jnp.take(scale, ids, axis=0)
@@ -458,8 +576,40 @@ class Fp8Embed(_ScaledEmbed):
         return self.table[...]
 
 
+class Bf16Embed(_ScaledEmbed):
+    """A frozen BF16 (or FP16) embedding table ``[vocab, dim]`` without scale.
+
+    Lookups return the rows widened to float32 (exact); the tied head (:meth:`attend`) runs
+    ``dot(x.astype(dtype), rows.T, preferred_element_type=float32)`` with ``dtype`` the table's
+    dtype by default (see the module docstring).
+    """
+
+    def __init__(self, table, *, dtype: Dtype | None = None):
+        table = jnp.asarray(table)
+        if table.ndim != 2 or not is_16bit(table.dtype):
+            raise ValueError(
+                f"Bf16Embed needs a 2-D bfloat16/float16 table, got {table.dtype}{table.shape}"
+            )
+        self.num_embeddings, self.features = table.shape
+        self.table = Bf16Weight(table)
+        self.scale = None
+        self.dtype = table.dtype if dtype is None else dtype
+
+    @classmethod
+    def from_float(cls, table, *, dtype: Dtype = jnp.bfloat16, **kw) -> Bf16Embed:
+        """Rounds a float table to ``dtype`` (BF16 kept bit for bit; FP32 / FP16 round: lossy)."""
+        return cls(_to_16bit(table, dtype), **kw)
+
+    def lookup_dtype(self) -> Dtype:
+        return jnp.float32
+
+    def raw_table(self) -> jax.Array:
+        return self.table[...]
+
+
 class Ecf8Embed(_ScaledEmbed):
-    """:class:`Fp8Embed` with the table ECF8-coded; only the chunks a forward pass needs decode.
+    """:class:`Fp8Embed` (or :class:`Bf16Embed`) with the table ECF8-coded; only the chunks a
+    forward pass needs decode.
 
     A lookup of ``N`` ids decodes the (at most ``ceil(dim / chunk) + 1``) chunks that hold each
     requested row when that is fewer than the table's chunks (short prompts, generation steps),
@@ -472,18 +622,24 @@ class Ecf8Embed(_ScaledEmbed):
     def __init__(
         self,
         table: Ecf8Tensor,
-        scale,
+        scale=None,
         *,
-        dtype: Dtype = jnp.float32,
+        dtype: Dtype | None = None,
         implementation: str | None = None,
     ):
         if not isinstance(table, Ecf8Tensor) or len(table.shape) != 2:
             raise ValueError("Ecf8Embed needs a 2-D Ecf8Tensor")
+        _check_scale(table, scale, "Ecf8Embed")
         self.num_embeddings, self.features = table.shape
         self.table = Ecf8Weight(jax.tree.map(jnp.asarray, table))
-        self.scale = Fp8Scale(_embed_scale(scale, table.shape))
+        self.scale = None if scale is None else Fp8Scale(_embed_scale(scale, table.shape))
+        if dtype is None:
+            dtype = value_dtype(table.dtype) if scale is None else jnp.float32
         self.dtype = dtype
         self.implementation = implementation
+
+    def lookup_dtype(self) -> Dtype:
+        return jnp.float32  # only unscaled (16-bit) tables get here, as for Bf16Embed
 
     def raw_table(self) -> jax.Array:
         return decode(self.table.get_value(), implementation=self.implementation)
@@ -497,7 +653,8 @@ class Ecf8Embed(_ScaledEmbed):
         return c0[..., None] + jnp.arange(n), n
 
     def _decode_rows(self, first_row: jax.Array, rows: int) -> jax.Array:
-        """uint8 ``[..., rows, dim]``: ``rows`` rows from each ``first_row`` (``[...]``)."""
+        """Bit patterns ``[..., rows, dim]`` (uint8 for FP8, uint16 for 16-bit tables):
+        ``rows`` rows from each ``first_row`` (``[...]``)."""
         t = self.table.get_value()
         dim, chunk = self.features, t.chunk_steps * LANES
         ids, n = self._chunks(first_row, rows)
@@ -507,13 +664,16 @@ class Ecf8Embed(_ScaledEmbed):
         index = start[..., None] + jnp.arange(rows * dim)
         return jnp.take_along_axis(slots, index, axis=-1).reshape(*first_row.shape, rows, dim)
 
-    def _as_fp8(self, slots: jax.Array) -> jax.Array:
-        return lax.bitcast_convert_type(slots, DTYPES[self.table.get_value().dtype])
+    def _as_values(self, slots: jax.Array) -> jax.Array:
+        return lax.bitcast_convert_type(slots, value_dtype(self.table.get_value().dtype))
+
+    def _bits_dtype(self):
+        return jnp.uint16 if is_16bit(self.table.get_value().dtype) else jnp.uint8
 
     def row_reader(self) -> Callable[[jax.Array, int], jax.Array]:
         if self.table.get_value().layout != "flat":
             return super().row_reader()
-        return lambda start, count: self._as_fp8(
+        return lambda start, count: self._as_values(
             self._decode_rows(jnp.asarray(start, jnp.int32), count)
         )
 
@@ -529,7 +689,7 @@ class Ecf8Embed(_ScaledEmbed):
             group = min(group, num)
             padded = jnp.pad(ids, (0, -num % group)).reshape(-1, group)
             rows = lax.map(lambda g: self._decode_rows(g, 1)[:, 0], padded)
-            return self._as_fp8(rows.reshape(-1, self.features)[:num])
+            return self._as_values(rows.reshape(-1, self.features)[:num])
         vocab, block = self.num_embeddings, self.rows_per_block()
 
         def pick(out, b):  # every block of the table once; keep the asked rows in it
@@ -540,6 +700,6 @@ class Ecf8Embed(_ScaledEmbed):
             picked = jnp.take(rows, jnp.clip(local, 0, block - 1), axis=0)
             return jnp.where(inside[:, None], picked, out), None
 
-        init = jnp.zeros((num, self.features), jnp.uint8)
+        init = jnp.zeros((num, self.features), self._bits_dtype())
         rows, _ = lax.scan(pick, init, jnp.arange(-(-vocab // block)))
-        return self._as_fp8(rows)
+        return self._as_values(rows)

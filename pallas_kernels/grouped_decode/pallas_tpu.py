@@ -15,8 +15,8 @@ Backend: Pallas -> Mosaic TPU. A program decodes 8 chunks at once, one per subla
 the program copies them (plus two spare rows) from HBM into a VMEM window. The exclusive lane
 prefix sum is one MXU matmul with a triangular ones matrix. A group's refills of one
 chunk lie within 128 words of its next word, so each chunk reads two window rows at a scalar
-row offset and every lane picks its word with ``take_along_axis``; the chunk's table is two
-128-lane rows of an (8, 256) block read the same way.
+row offset and every lane picks its word with ``take_along_axis``; the chunk's table is one
+128-lane row holding two 16-bit entries a word (``pack_lut``): one gather and a shift a code.
 """
 
 from __future__ import annotations
@@ -63,6 +63,49 @@ def _exclusive_prefix_mxu(x):
     return out.astype(jnp.int32)
 
 
+def program_setup(offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem, *,
+                  block, chunks, stream_rows):  # fmt: skip
+    """Starts program ``b``'s window DMA and builds its chunks' decoding helpers.
+
+    Shared by the decode and the fused GEMV. Returns ``(ops, threshold, base, copy)``: the
+    ``GroupOps`` reading the window and the chunk tables, per-sublane int32[block, 1]
+    threshold and first word, and the started copy (``copy.wait()`` before the first fetch).
+    """
+    b = pl.program_id(0)
+    rows = window.shape[0]
+    first = b * block
+    # The program's words start at its first chunk's offset; the window starts on that row,
+    # moved back where needed so that it stays inside the stream.
+    start_row = jnp.minimum(offsets_ref[first] // ROW_WORDS, stream_rows - rows)
+    copy = pltpu.make_async_copy(stream_hbm.at[pl.ds(start_row, rows)], window, sem)
+    copy.start()
+
+    sublane = lax.broadcasted_iota(jnp.int32, (block, 1), 0)
+    base = jnp.zeros((block, 1), jnp.int32)
+    threshold = jnp.zeros((block, 1), jnp.int32)
+    for i in range(block):
+        c = jnp.minimum(first + i, chunks - 1)
+        base = jnp.where(sublane == i, offsets_ref[c], base)
+        threshold = jnp.where(sublane == i, threshold_ref[c], threshold)
+    pairs = lut_ref[...]  # [block, 128]: entries 2i (low half) and 2i + 1 (high half)
+
+    def fetch(pos):
+        pos = pos - start_row * ROW_WORDS  # stream word -> window word
+        row = jnp.clip(pos[:, :1] // ROW_WORDS, 0, rows - 2)  # [block, 1]
+        low = jnp.concatenate([window[pl.ds(row[i, 0], 1), :] for i in range(block)], 0)
+        high = jnp.concatenate([window[pl.ds(row[i, 0] + 1, 1), :] for i in range(block)], 0)
+        rel = jnp.clip(pos - row * ROW_WORDS, 0, 2 * ROW_WORDS - 1)
+        lane_index = rel & (ROW_WORDS - 1)
+        return jnp.where(rel < ROW_WORDS, take_lanes(low, lane_index), take_lanes(high, lane_index))
+
+    def lookup(peek):  # one lane gather per code: the pair, then its half
+        pair = take_lanes(pairs, peek >> 1)
+        return (pair >> ((peek & 1) << 4)) & 0xFFFF
+
+    ops = GroupOps(exclusive_prefix=_exclusive_prefix_mxu, fetch=fetch, lookup=lookup)
+    return ops, threshold, base, copy
+
+
 def _decode_kernel(
     offsets_ref,
     threshold_ref,
@@ -79,41 +122,11 @@ def _decode_kernel(
     num_words,
     bits,
 ):
-    b = pl.program_id(0)
     block, _, lanes = raw_ref.shape
-    rows = window.shape[0]
-    first = b * block
-    # The program's words start at its first chunk's offset; the window starts on that row,
-    # moved back where needed so that it stays inside the stream.
-    start_row = jnp.minimum(offsets_ref[first] // ROW_WORDS, stream_rows - rows)
-    copy = pltpu.make_async_copy(stream_hbm.at[pl.ds(start_row, rows)], window, sem)
-    copy.start()
-
-    sublane = lax.broadcasted_iota(jnp.int32, (block, 1), 0)
-    base = jnp.zeros((block, 1), jnp.int32)
-    threshold = jnp.zeros((block, 1), jnp.int32)
-    for i in range(block):
-        c = jnp.minimum(first + i, chunks - 1)
-        base = jnp.where(sublane == i, offsets_ref[c], base)
-        threshold = jnp.where(sublane == i, threshold_ref[c], threshold)
-    lut = lut_ref[...]
-    lut_low, lut_high = lut[:, :ROW_WORDS], lut[:, ROW_WORDS:]
-
-    def fetch(pos):
-        pos = pos - start_row * ROW_WORDS  # stream word -> window word
-        row = jnp.clip(pos[:, :1] // ROW_WORDS, 0, rows - 2)  # [block, 1]
-        low = jnp.concatenate([window[pl.ds(row[i, 0], 1), :] for i in range(block)], 0)
-        high = jnp.concatenate([window[pl.ds(row[i, 0] + 1, 1), :] for i in range(block)], 0)
-        rel = jnp.clip(pos - row * ROW_WORDS, 0, 2 * ROW_WORDS - 1)
-        lane_index = rel & (ROW_WORDS - 1)
-        return jnp.where(rel < ROW_WORDS, take_lanes(low, lane_index), take_lanes(high, lane_index))
-
-    def lookup(peek):
-        index = peek & (ROW_WORDS - 1)
-        return jnp.where(peek < ROW_WORDS, take_lanes(lut_low, index), take_lanes(lut_high, index))
-
-    ops = GroupOps(exclusive_prefix=_exclusive_prefix_mxu, fetch=fetch, lookup=lookup)
-
+    ops, threshold, base, copy = program_setup(
+        offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem,
+        block=block, chunks=chunks, stream_rows=stream_rows,
+    )  # fmt: skip
     per_raw, per_group = groups_per_raw_word(bits), words_per_group(bits)
 
     def body(h, carry):
@@ -132,6 +145,19 @@ def _decode_kernel(
     zeros = jnp.zeros((block, lanes), jnp.uint32)
     init = (zeros, zeros, jnp.zeros((block, lanes), jnp.int32), base)
     lax.fori_loop(0, raw_rows, body, init)
+
+
+def pack_lut(lut: jax.Array) -> jax.Array:
+    """int32[C, 256] tables -> int32[C, 128]: entries ``2i`` and ``2i + 1`` in the low and high
+    16 bits of word ``i`` (entries are at most 12 bits), so a code is one 128-lane gather."""
+    return (lut[:, 0::2] & 0xFFFF) | (lut[:, 1::2] << 16)
+
+
+def stream_rows_of(stream: jax.Array) -> tuple[jax.Array, int]:
+    """The stream as rows of 128 words (zero-padded, at least ``SPARE_ROWS``) and their count."""
+    stream_rows = max(-(-stream.shape[0] // ROW_WORDS), SPARE_ROWS)
+    stream2d = jnp.pad(stream, (0, stream_rows * ROW_WORDS - stream.shape[0]))
+    return stream2d.reshape(stream_rows, ROW_WORDS), stream_rows
 
 
 def grouped_decode_tpu(
@@ -167,9 +193,7 @@ def grouped_decode_tpu(
     stream, chunk_offsets, raw, lut, threshold = kernel_arrays(
         stream, chunk_offsets, raw, lut, threshold
     )
-    stream_rows = max(-(-stream.shape[0] // ROW_WORDS), SPARE_ROWS)
-    stream2d = jnp.pad(stream, (0, stream_rows * ROW_WORDS - stream.shape[0]))
-    stream2d = stream2d.reshape(stream_rows, ROW_WORDS)
+    stream2d, stream_rows = stream_rows_of(stream)
     block_sizes = block_sizes or BlockSizes.get_default(raw.shape, "pallas_tpu")
     block = block_sizes.chunks_per_program
     rows = window_rows(block, steps, stream_rows)
@@ -188,7 +212,7 @@ def grouped_decode_tpu(
         in_specs=[
             pl.BlockSpec(memory_space=pl.ANY),
             pl.BlockSpec((block, raw_rows, lanes), lambda b, *_: (b, 0, 0)),
-            pl.BlockSpec((block, LUT_SIZE), lambda b, *_: (b, 0)),
+            pl.BlockSpec((block, LUT_SIZE // 2), lambda b, *_: (b, 0)),
         ],
         out_specs=pl.BlockSpec((block, out_rows, lanes), lambda b, *_: (b, 0, 0)),
         scratch_shapes=[pltpu.VMEM((rows, ROW_WORDS), jnp.uint32), pltpu.SemaphoreType.DMA],
@@ -208,4 +232,4 @@ def grouped_decode_tpu(
             transcendentals=0,
             bytes_accessed=int(stream.size * 4 + raw.size * 4 + lut.size * 4 + out_bytes),
         ),
-    )(chunk_offsets.astype(jnp.int32), threshold, stream2d, raw, lut)
+    )(chunk_offsets.astype(jnp.int32), threshold, stream2d, raw, pack_lut(lut))

@@ -28,19 +28,38 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.grouped_decode.pallas_gpu import chunk_setup
-from pallas_kernels.grouped_decode.reference import GROUP, decode_group, kernel_arrays
+from pallas_kernels.grouped_decode.reference import (
+    GROUP,
+    check_bits,
+    decode_group,
+    groups_per_raw_word,
+    kernel_arrays,
+    words_per_group,
+)
+from pallas_kernels.grouped_matmul.reference import slot_words
 
 LANES = 128
 GROUP_WEIGHTS = GROUP * LANES  # 512 consecutive weights of one row per group
 
 
-def _gemv_body(x_ref, scale_ref, out_ref, c, rows, groups_per_row, fp8_dtype, next_word, state):
+def _value_bits(dtype) -> int:
+    bits = jnp.dtype(dtype).itemsize * 8
+    check_bits(bits)
+    return bits
+
+
+def _gemv_body(x_ref, scale_ref, out_ref, c, rows, groups_per_row, dtype, next_words, state):
     """The row loop shared by the fused kernel and its twin.
 
-    ``next_word(g, state) -> (word uint32[128], state)`` yields group ``g``'s packed weights.
-    The last chunk's padding rows are not computed (the loop stops at the weight's last row).
+    ``next_words(g, state) -> (words, state)`` yields group ``g``'s packed weights: a tuple of
+    ``words_per_group`` uint32[128] (four FP8 bytes, or two 16-bit values each). Weight ``k``
+    of word ``p`` of lane ``l`` is column ``p * per_word * 128 + l * per_word + k`` of the
+    group's 512 (the version-2 slot order). The last chunk's padding rows are not computed.
     """
     n = out_ref.shape[1]
+    bits = _value_bits(dtype)
+    per_word = 32 // bits
+    uint = jnp.uint8 if bits == 8 else jnp.uint16
 
     def row_body(r, carry):
         (state,) = carry
@@ -48,12 +67,14 @@ def _gemv_body(x_ref, scale_ref, out_ref, c, rows, groups_per_row, fp8_dtype, ne
         def group_body(q, inner):
             acc, state = inner
             g = r * groups_per_row + q
-            word, state = next_word(g, state)
-            for j in range(GROUP):
-                byte = ((word >> (8 * j)) & 0xFF).astype(jnp.uint8)
-                w = lax.bitcast_convert_type(byte, fp8_dtype).astype(jnp.float32)
-                xj = x_ref[:, pl.ds(q * GROUP_WEIGHTS + j, LANES, stride=GROUP)]
-                acc = acc + xj.astype(jnp.float32) * w[None, :]
+            words, state = next_words(g, state)
+            for p, word in enumerate(words):
+                for k in range(per_word):
+                    v = ((word >> (bits * k)) & ((1 << bits) - 1)).astype(uint)
+                    w = lax.bitcast_convert_type(v, dtype).astype(jnp.float32)
+                    start = q * GROUP_WEIGHTS + p * per_word * LANES + k
+                    xj = x_ref[:, pl.ds(start, LANES, stride=per_word)]
+                    acc = acc + xj.astype(jnp.float32) * w[None, :]
             return acc, state
 
         acc = jnp.zeros((x_ref.shape[0], LANES), jnp.float32)
@@ -68,32 +89,35 @@ def _gemv_body(x_ref, scale_ref, out_ref, c, rows, groups_per_row, fp8_dtype, ne
 
 def _fused_kernel(
     offsets_ref, threshold_ref, stream_ref, raw_ref, lut_ref, x_ref, scale_ref, out_ref,
-    *, rows, groups_per_row, fp8_dtype,
+    *, rows, groups_per_row, dtype,
 ):  # fmt: skip
     c = pl.program_id(0)
     num_words = stream_ref.shape[0]
+    bits = _value_bits(dtype)
+    per_raw = groups_per_raw_word(bits)
     ops, threshold, state = chunk_setup(
         c, offsets_ref, threshold_ref, stream_ref, lut_ref, raw_ref.shape[-1]
     )
 
-    def next_word(g, state):
+    def next_words(g, state):
         hi, lo, nbits, base = state
-        raw_word = raw_ref[c, g // 2, :]
-        hi, lo, nbits, base, (word,) = decode_group(
-            hi, lo, nbits, base, threshold, ops, raw_word, g, num_words
+        raw_word = raw_ref[c, g // per_raw, :]
+        hi, lo, nbits, base, words = decode_group(
+            hi, lo, nbits, base, threshold, ops, raw_word, g, num_words, bits
         )
-        return word, (hi, lo, nbits, base)
+        return words, (hi, lo, nbits, base)
 
-    _gemv_body(x_ref, scale_ref, out_ref, c, rows, groups_per_row, fp8_dtype, next_word, state)
+    _gemv_body(x_ref, scale_ref, out_ref, c, rows, groups_per_row, dtype, next_words, state)
 
 
-def _twin_kernel(words_ref, x_ref, scale_ref, out_ref, *, rows, groups_per_row, fp8_dtype):
+def _twin_kernel(words_ref, x_ref, scale_ref, out_ref, *, rows, groups_per_row, dtype):
     c = pl.program_id(0)
+    per_group = words_per_group(_value_bits(dtype))
 
-    def next_word(g, state):
-        return words_ref[c, g, :], state
+    def next_words(g, state):
+        return tuple(words_ref[c, g * per_group + p, :] for p in range(per_group)), state
 
-    _gemv_body(x_ref, scale_ref, out_ref, c, rows, groups_per_row, fp8_dtype, next_word, 0)
+    _gemv_body(x_ref, scale_ref, out_ref, c, rows, groups_per_row, dtype, next_words, 0)
 
 
 def gemv_shapes_supported(n: int, k: int, chunk_steps: int, m: int) -> str | None:
@@ -145,16 +169,18 @@ def grouped_gemv_gpu(
     Args:
       x: [m, k] activations, m <= 8.
       stream, chunk_offsets, raw, lut, threshold: the weight's version-2 arrays.
-      scale: float32[n] per output row.
+      scale: float32[n] per output row (ones for an unscaled BF16 weight).
       n: output features (rows of W).
-      fp8_dtype: the weight's FP8 dtype.
+      fp8_dtype: the weight's dtype: an FP8 dtype, or bfloat16 / float16 (16-bit format;
+        products are float32, e.g. bf16 x bf16 -> f32).
 
     Returns:
       float32[m, n].
     """
-    chunks, half_groups, _ = raw.shape
+    bits = _value_bits(fp8_dtype)
+    chunks, raw_rows, _ = raw.shape
     k = x.shape[1]
-    steps = 8 * half_groups
+    steps = 4 * groups_per_raw_word(bits) * raw_rows
     reason = gemv_shapes_supported(n, k, steps, x.shape[0])
     if reason is not None:
         raise ValueError(reason)
@@ -163,7 +189,7 @@ def grouped_gemv_gpu(
     )
     kernel = functools.partial(
         _fused_kernel, rows=steps * LANES // k, groups_per_row=k // GROUP_WEIGHTS,
-        fp8_dtype=fp8_dtype,
+        dtype=fp8_dtype,
     )  # fmt: skip
     args = (chunk_offsets, threshold, stream, raw, lut.reshape(-1))
     return _call(kernel, args, x, scale, n, chunks, num_warps, "ecf8_grouped_gemv", interpret)
@@ -178,11 +204,11 @@ def fp8_rows_gemv(
     num_warps: int = 1,
     interpret: bool = False,
 ) -> jax.Array:
-    """The raw-FP8 twin of ``grouped_gemv_gpu``: the same kernel reading the FP8 weight.
+    """The raw twin of ``grouped_gemv_gpu``: the same kernel reading the uncompressed weight.
 
     Args:
       x: [m, k] activations.
-      w: [n, k] FP8 weight (n * k a multiple of ``chunk_steps * 128``... padded here if not).
+      w: [n, k] FP8 (or bfloat16 / float16) weight, padded here to whole chunks.
       scale: float32[n].
       chunk_steps: the chunking of the compressed twin (same rows per program).
 
@@ -194,12 +220,9 @@ def fp8_rows_gemv(
     if reason is not None:
         raise ValueError(reason)
     per_chunk = chunk_steps * LANES
-    flat = lax.bitcast_convert_type(w, jnp.uint8).reshape(-1)
-    chunks = -(-flat.shape[0] // per_chunk)
-    flat = jnp.pad(flat, (0, chunks * per_chunk - flat.shape[0]))
-    words = lax.bitcast_convert_type(flat.reshape(chunks, chunk_steps // GROUP, LANES, GROUP),
-                                     jnp.uint32)  # fmt: skip
+    words = slot_words(w, chunk_steps)
     kernel = functools.partial(
-        _twin_kernel, rows=per_chunk // k, groups_per_row=k // GROUP_WEIGHTS, fp8_dtype=w.dtype
+        _twin_kernel, rows=per_chunk // k, groups_per_row=k // GROUP_WEIGHTS, dtype=w.dtype
     )
+    chunks = words.shape[0]
     return _call(kernel, (words,), x, scale, n, chunks, num_warps, "fp8_rows_gemv", interpret)

@@ -52,22 +52,30 @@ def smoke_run(tmp_path_factory):
     return rows, doc, out.getvalue()
 
 
+def _fp8_rows(doc):
+    return [r for r in doc["rows"] if r["dtype"] == "float8_e4m3fn"]
+
+
+def _bf16_rows(doc):
+    return [r for r in doc["rows"] if r["dtype"] == "bfloat16"]
+
+
 def test_smoke_json_has_one_row_per_corpus_with_the_expected_keys(smoke_run):
     rows, doc, _ = smoke_run
     assert set(doc) == {"meta", "rows"}
     assert [r["corpus"] for r in doc["rows"]] == [r["corpus"] for r in rows]
-    names = [r["corpus"] for r in doc["rows"]]
+    assert len(doc["rows"]) == len(_fp8_rows(doc)) + len(_bf16_rows(doc))
+    names = [r["corpus"] for r in _fp8_rows(doc)]
     assert len(names) == 5
     assert names[0].startswith("MiniLM") and names[0].endswith("per-row")
     assert names[1].startswith("MiniLM") and names[1].endswith("per-tensor")
     assert [n.split()[0] for n in names[2:]] == ["Gaussian", "Student-t(3)", "alpha-stable(1.7)"]
-    for row in doc["rows"]:
+    for row in _fp8_rows(doc):
         assert set(row) >= EXPECTED_KEYS, EXPECTED_KEYS - set(row)
-        assert row["dtype"] == "float8_e4m3fn"
     minilm = doc["rows"][0]
     assert minilm["n_tensors"] == compression.SMOKE_MINILM_TENSORS
     assert minilm["n_weights"] == 3 * 384 * 384  # query, key, value of layer 0
-    assert all(r["n_weights"] == compression.SMOKE_SYNTHETIC_SIZE for r in doc["rows"][2:])
+    assert all(r["n_weights"] == compression.SMOKE_SYNTHETIC_SIZE for r in _fp8_rows(doc)[2:])
 
 
 def test_smoke_header_records_versions_date_and_command(smoke_run):
@@ -80,7 +88,7 @@ def test_smoke_header_records_versions_date_and_command(smoke_run):
 
 
 def test_smoke_bits_per_weight_are_within_entropy_bounds(smoke_run):
-    for row in smoke_run[1]["rows"]:
+    for row in _fp8_rows(smoke_run[1]):
         name = row["corpus"]
         for key in ("ecf8_bpw", "zstd_bpw", "byte_entropy", "byte_entropy_pooled"):
             assert 0 < row[key] <= 8.5, (name, key, row[key])
@@ -94,6 +102,50 @@ def test_smoke_bits_per_weight_are_within_entropy_bounds(smoke_run):
     for row in smoke_run[1]["rows"][:2]:
         assert row["ecf8_bpw"] < 8, "ECF8 must compress real MiniLM weights"
         assert row["ecf8_bpw"] < row["raw_plus_exponent_entropy"] + 0.3
+
+
+BF16_KEYS = (
+    {"corpus", "dtype", "n_tensors", "n_units", "n_weights", "ecf8_bpw", "dfloat11_bpw"}
+    | {"zstd_bpw", "zipnn_bpw", "ecf8_vs_dfloat11", "saved_percent", "exponent_entropy"}
+    | {"raw_plus_exponent_entropy", "byte_entropy", "value_entropy", "dfloat11_breakdown_bpw"}
+    | SPEED_KEYS
+)
+
+
+def test_smoke_bf16_rows_beat_dfloat11_and_stay_within_their_bounds(smoke_run):
+    rows = _bf16_rows(smoke_run[1])
+    names = [r["corpus"].split()[0] for r in rows]
+    assert names == ["MiniLM-L6", "SmolLM2-135M", "Gaussian", "Student-t(3)", "random"]
+    for row in rows:
+        name = row["corpus"]
+        assert set(row) >= BF16_KEYS, BF16_KEYS - set(row)
+        assert row["ecf8_bpw"] < row["dfloat11_bpw"], name
+        assert sum(row["dfloat11_breakdown_bpw"].values()) == pytest.approx(row["dfloat11_bpw"])
+        assert sum(row["ecf8_breakdown_bpw"].values()) == pytest.approx(row["ecf8_bpw"])
+        # Order-0 coding of bits 14..7 with 8 raw bits: never below 8 + H(exp) per tensor.
+        assert row["ecf8_bpw"] > row["raw_plus_exponent_entropy"] - 0.01, name
+        assert row["value_entropy"] <= row["byte_entropy"] + 1e-9, name
+    assert rows[-1]["ecf8_bpw"] <= 16.05  # random 16-bit patterns
+    for row in rows[:4]:
+        assert row["ecf8_bpw"] < 11.2, row["corpus"]
+    minilm = rows[0]
+    assert minilm["n_tensors"] == compression.SMOKE_MINILM_TENSORS and minilm["n_units"] == 1
+    assert rows[1]["n_tensors"] == compression.SMOKE_SMOLLM2_TENSORS
+
+
+def test_dfloat11_units_are_transformer_layers():
+    names = ["encoder.layer.0.a.weight", "encoder.layer.0.b.weight", "encoder.layer.1.a.weight",
+             "pooler.dense.weight", "token_embd.weight", "blk.0.attn_q.weight", "blk.0.ffn_up.weight",
+             "blk.1.attn_q.weight"]  # fmt: skip
+    units = compression._units_by_prefix(names, compression._layer_prefix)
+    assert units == [[0, 1], [2], [3], [4], [5, 6], [7]]
+
+
+def test_formats_option_selects_the_tables():
+    assert compression.parse_args([]).formats == ["fp8", "bf16"]
+    assert compression.parse_args(["--formats", "bf16"]).formats == ["bf16"]
+    with pytest.raises(SystemExit):
+        compression.parse_args(["--formats", "fp4"])
 
 
 def test_smoke_speeds_are_positive_numbers(smoke_run):

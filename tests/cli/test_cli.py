@@ -213,6 +213,23 @@ def test_a_sharded_model_folder_round_trips_file_by_file(files):
     assert main("verify", out, "--against", src)[0] == 0
 
 
+def test_a_bf16_file_is_coded_without_cast_and_round_trips_byte_for_byte(files):
+    src, out = files / "bf16.safetensors", files / "bf16.lossless.ecf8"
+    dst = files / "bf16.back.safetensors"
+    proc = run("compress", src, out, check=True)
+    assert "LOSSY" not in proc.stdout and "nothing to compress" not in proc.stdout
+    saved = float(proc.stdout.strip().splitlines()[-1].split("(")[1].split(" %")[0])
+    assert saved > 0  # 3,072 weights: the 256-entry code table weighs (SmolLM2 BF16: BENCHMARKS)
+    rc, stdout, err = main("verify", out, "--against", src)
+    assert rc == 0 and stdout.startswith("OK: 2 tensors") and "LOSSY" not in stdout, err
+    assert main("decompress", out, dst)[0] == 0
+    assert dst.read_bytes() == src.read_bytes()
+    rc, stdout, err = main("inspect", out, "--json")
+    w = next(r for r in json.loads(stdout)["rows"] if r["tensor"] == "proj.weight")
+    assert w["dtype"] == "BF16" and w["bits_per_weight"] < 16
+    assert len(w["exponent_histogram"]) == 256 and sum(w["exponent_histogram"]) == 48 * 64
+
+
 def test_cast_fp8_row_is_lossy_labelled_and_verifiable(files):
     src, out = files / "bf16.safetensors", files / "bf16.ecf8"
     proc = run("compress", src, out, "--cast", "fp8-row", check=True)
@@ -252,6 +269,7 @@ def test_stats_still_measures_fp8_tensors(files):
     rc, out, err = main("stats", files / "zoo.safetensors")
     assert rc == 0, err
     assert "nan_and_subnormals" in out and "total:" in out
+    assert "embed_tokens.weight" in out and "f16" in out  # BF16 (NaN, ±inf) and F16 too
 
 
 # ----------------------------------------------------------------------------- failures

@@ -109,7 +109,10 @@ CORRUPTIONS = {
         lambda t: dataclasses.replace(t, dtype="float8_e4m3fnuz"),
         "unknown dtype 'float8_e4m3fnuz'",
     ),
-    "dtype_bfloat16": (lambda t: dataclasses.replace(t, dtype="bfloat16"), "unknown dtype"),
+    "dtype_bfloat16_in_version_1": (
+        lambda t: dataclasses.replace(t, dtype="bfloat16"),
+        "version 2 with layout .flat. only",
+    ),
     "shape_negative": (lambda t: dataclasses.replace(t, shape=(-1, 120)), "non-negative"),
     "chunk_steps_48": (lambda t: dataclasses.replace(t, chunk_steps=48), "multiple of 32"),
     "chunk_steps_0": (lambda t: dataclasses.replace(t, chunk_steps=0), "multiple of 32"),

@@ -55,6 +55,56 @@ def test_a_model_folder_packs_verifies_and_unpacks_byte_for_byte_from_python(tmp
     assert [r["tensor"] for r in rows] == [r["tensor"] for r in report.rows]
 
 
+def _bf16_folder(folder, rng, *, index: bool):
+    """A BF16 Hugging Face style folder in two shards (with or without the index), the
+    awkward bit patterns included."""
+    folder.mkdir()
+    w = (rng.standard_normal((96, 128)) * 0.02).astype(BF16)
+    w.reshape(-1)[:8] = np.array([0, 0x8000, 1, 0x8001, 0x7F80, 0xFF80, 0x7FC1, 0xFFFF],
+                                 np.uint16).view(BF16)  # fmt: skip
+    shards = {
+        "model-00001-of-00002.safetensors": {
+            "model.layers.0.mlp.down_proj.weight": w,
+            "model.layers.0.input_layernorm.weight": np.ones(128, BF16),
+        },
+        "model-00002-of-00002.safetensors": {
+            "model.embed_tokens.weight": (rng.standard_normal((50, 128)) * 0.02).astype(BF16),
+            "model.layers.0.mlp.up_proj.weight": (rng.standard_normal((64, 128))).astype(
+                np.float16
+            ),
+            "rope.inv_freq": np.arange(8, dtype=np.float32),
+        },
+    }
+    weight_map = {}
+    for name, tensors in shards.items():
+        sr.write(folder / name, tensors, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    if index:
+        (folder / container.INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}))
+    return folder
+
+
+@pytest.mark.parametrize("index", [True, False])
+def test_a_bf16_folder_is_coded_and_unpacks_byte_for_byte(tmp_path, index):
+    src = _bf16_folder(tmp_path / "model", np.random.default_rng(7), index=index)
+    report = container.pack(src, tmp_path / "ck")
+    s = report.summary
+    assert s["tensors"] == 5 and s["coded_tensors"] == 4 and s["fp8_tensors"] == 0
+    assert not report.nothing_to_compress and s["saved_percent"] > 10
+    rows = {r["tensor"]: r for r in report.rows}
+    assert rows["model.layers.0.mlp.down_proj.weight"]["bits_per_weight"] < 16
+    assert "bits_per_weight" not in rows["rope.inv_freq"]  # F32 stays as it is
+    assert container.verify(tmp_path / "ck", src)[1] == 5
+    _, written = container.unpack(tmp_path / "ck", tmp_path / "copy")
+    assert sorted(p.name for p in written) == sorted(p.name for p in src.iterdir())
+    for p in src.iterdir():
+        assert (tmp_path / "copy" / p.name).read_bytes() == p.read_bytes(), p.name
+    summary, inspected = container.inspect(tmp_path / "ck")
+    assert summary["ecf8_bytes"] == s["ecf8_bytes"]
+    hist = {r["tensor"]: r for r in inspected}["model.embed_tokens.weight"]["exponent_histogram"]
+    assert len(hist) == 256  # the bfloat16 exponent field
+
+
 def test_verify_names_the_tensor_that_differs(tmp_path):
     rng = np.random.default_rng(1)
     w = _fp8(rng, (8, 8))

@@ -46,3 +46,22 @@ def test_truncated_smollm2_ecf8_is_bit_identical_to_fp8():
     np.testing.assert_array_equal(
         np.asarray(f(ecf8, ids)).view(np.uint32), np.asarray(f(fp8, ids)).view(np.uint32)
     )
+
+
+def test_truncated_smollm2_bf16_is_dequantized_once_and_its_ecf8_twin_bit_identical():
+    import ml_dtypes
+
+    bf16 = gguf_io.load_smollm2(cast="bf16", num_layers=2)
+    f32 = gguf_io.load_gguf_llama(PATH, cast=None, num_layers=2)
+    down = bf16.layers[1].mlp.down_proj
+    assert isinstance(down, enn.Bf16Linear)
+    want = np.asarray(f32.layers[1].mlp.down_proj.weight[...]).astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(
+        np.asarray(down.weight[...]).view(np.uint16), want.view(np.uint16)
+    )
+    ecf8 = enn.compress_model(gguf_io.load_smollm2(cast="bf16", num_layers=2))
+    ids = np.array([[504, 3575, 282, 4649, 314]])
+    f = nnx.jit(lambda m, t: m(t)[0])
+    np.testing.assert_array_equal(
+        np.asarray(f(ecf8, ids)).view(np.uint32), np.asarray(f(bf16, ids)).view(np.uint32)
+    )

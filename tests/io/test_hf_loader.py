@@ -131,3 +131,42 @@ def test_fp8_channel_scales_and_cast_of_bf16_weights(tmp_path):
 def test_fp8_weight_without_scale_is_an_error():
     with pytest.raises(KeyError, match="weight_scale"):
         linear_from_tensors({"x.weight": np.zeros((4, 4), FP8)}, "x")
+
+
+@pytest.mark.parametrize("shards", [1, 3])  # one file; three shards with the index
+def test_a_bf16_folder_loads_unmodified_and_compresses_bit_identically(tmp_path, shards):
+    rng = np.random.default_rng(3)
+    tensors = llama_tensors(rng, fp8=None)
+    write_model(tmp_path / "b", tensors, CONFIG, shards=shards)
+    assert (tmp_path / "b" / "model.safetensors.index.json").exists() == (shards > 1)
+    model = load_llama(tmp_path / "b", cast="bf16")
+    for layer, name in [
+        (model.layers[0].mlp.down_proj, "model.layers.0.mlp.down_proj.weight"),
+        (model.lm_head, "lm_head.weight"),
+    ]:
+        assert isinstance(layer, enn.Bf16Linear) and layer.dtype == ml_dtypes.bfloat16
+        np.testing.assert_array_equal(
+            np.asarray(layer.weight[...]).view(np.uint16), tensors[name].view(np.uint16)
+        )
+    assert isinstance(model.embed_tokens, enn.Bf16Embed)
+    assert model.norm.weight[...].dtype == np.float32  # norms stay float32 (trainable)
+    assert model.layers[0].input_layernorm.weight[...].dtype == np.float32
+    np.testing.assert_array_equal(
+        np.asarray(model.embed_tokens.table[...]).view(np.uint16),
+        tensors["model.embed_tokens.weight"].view(np.uint16),
+    )
+    ids = np.array([[1, 2, 3, 60]])
+    logits = np.asarray(model(ids)[0])
+    ecf8 = enn.compress_model(load_llama(tmp_path / "b", cast="bf16"))
+    assert isinstance(ecf8.lm_head, enn.Ecf8Linear)
+    np.testing.assert_array_equal(np.asarray(ecf8(ids)[0]).view(np.uint32), logits.view(np.uint32))
+
+
+def test_cast_bf16_rounds_float32_weights_once_and_rejects_unknown_casts():
+    w = np.array([[1.0, 1.00390625, 1.01171875, -3.0e-41]], np.float32)  # ties, a subnormal
+    layer = linear_from_tensors({"x.weight": w}, "x", cast="bf16")
+    np.testing.assert_array_equal(
+        np.asarray(layer.weight[...]).view(np.uint16), w.astype(ml_dtypes.bfloat16).view(np.uint16)
+    )
+    with pytest.raises(ValueError, match="cast must be None or one of"):
+        linear_from_tensors({"x.weight": w}, "x", cast="fp16")

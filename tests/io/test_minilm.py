@@ -57,6 +57,18 @@ def test_ecf8_minilm_is_bit_identical_to_fp8(embeddings):
     )
 
 
+def test_bf16_minilm_is_close_to_f32_and_its_ecf8_twin_bit_identical(batch, embeddings):
+    ids, mask = batch
+    f = nnx.jit(lambda m, i, k: m.embed(i, k))
+    bf16 = minilm.load_minilm(cast="bf16")
+    assert isinstance(bf16.layers[0].query, enn.Bf16Linear)
+    assert isinstance(bf16.word_embeddings, enn.Bf16Embed)
+    raw = np.asarray(f(bf16, ids, mask))
+    assert np.sum(embeddings["f32"] * raw, axis=-1).min() > 0.999
+    ecf8 = np.asarray(f(enn.compress_model(bf16), ids, mask))
+    np.testing.assert_array_equal(ecf8.view(np.uint32), raw.view(np.uint32))
+
+
 def test_wordpiece_fallback_matches_the_tokenizers_package():
     pytest.importorskip("tokenizers")
     wp = minilm.WordPiece(minilm.minilm_dir() / "vocab.txt")

@@ -36,6 +36,19 @@ def test_ecf8_bert_is_bit_identical_to_fp8_under_jit():
         np.testing.assert_array_equal(bits(a), bits(b))
 
 
+def test_compressed_bf16_bert_is_bit_identical_to_bf16_under_jit():
+    bf16 = BertModel(TINY, nnx.Rngs(2), bf16=True)
+    assert isinstance(bf16.layers[0].query, enn.Bf16Linear)
+    ecf8 = enn.compress_model(BertModel(TINY, nnx.Rngs(2), bf16=True))
+    assert isinstance(ecf8.word_embeddings, enn.Ecf8Embed)
+    assert ecf8.layers[1].intermediate.weight.get_value().dtype == "bfloat16"
+    ids = jnp.asarray(np.random.default_rng(2).integers(0, 200, (3, 9)), jnp.int32)
+    mask = jnp.ones((3, 9), jnp.int32).at[1, 5:].set(0)
+    f = nnx.jit(lambda m, i, k: (m(i, k), m.embed(i, k)))
+    for a, b in zip(f(ecf8, ids, mask), f(bf16, ids, mask)):
+        np.testing.assert_array_equal(bits(a), bits(b))
+
+
 def test_right_padding_does_not_change_the_sentence_embedding():
     model = BertModel(TINY, nnx.Rngs(1))
     ids = jnp.array([[5, 6, 7]], jnp.int32)

@@ -62,6 +62,30 @@ def test_ecf8_logits_are_bit_identical_to_fp8_in_prefill_and_cached_decode(name)
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_compressed_bf16_logits_are_bit_identical_in_prefill_and_cached_decode(name):
+    config = LlamaConfig.from_hf(VARIANTS[name])
+    bf16 = LlamaForCausalLM(config, nnx.Rngs(4), bf16=True)
+    assert isinstance(bf16.layers.layer.mlp.up_proj, enn.Bf16Linear)
+    assert isinstance(bf16.embed_tokens, enn.Bf16Embed)
+    ecf8 = enn.compress_model(LlamaForCausalLM(config, nnx.Rngs(4), bf16=True))
+    assert not jax.tree.leaves(nnx.state(ecf8, enn.Bf16Weight))
+    tensors = jax.tree.leaves(
+        nnx.state(ecf8, enn.Ecf8Weight), is_leaf=lambda x: hasattr(x, "chunk_steps")
+    )
+    assert {t.dtype for t in tensors} == {"bfloat16"}
+    tokens = jnp.asarray(np.random.default_rng(4).integers(0, 96, (2, 7)), jnp.int32)
+    full = nnx.jit(lambda m, t: m(t)[0])
+    want = full(bf16, tokens)
+    assert want.dtype == jnp.float32
+    np.testing.assert_array_equal(bits(full(ecf8, tokens)), bits(want))
+    splits = [4, 5, 6, 7]
+    for a, b in zip(run_cached(ecf8, tokens, splits), run_cached(bf16, tokens, splits)):
+        np.testing.assert_array_equal(bits(a), bits(b))
+    prompt = tokens[:, :3]
+    np.testing.assert_array_equal(generate(ecf8, prompt, 4), generate(bf16, prompt, 4))
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_cached_decoding_matches_the_full_forward(name):
     model = tiny_model(name, seed=1)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 96, (2, 6)), jnp.int32)

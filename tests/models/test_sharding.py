@@ -1,4 +1,5 @@
-"""A compressed model sharded over 8 (simulated CPU) devices gives bit-identical logits.
+"""A compressed model (FP8 or BF16) sharded over 8 (simulated CPU) devices gives bit-identical
+logits.
 
 The pytest process has already initialised jax with one CPU device, so the body runs in a
 subprocess started with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
@@ -15,7 +16,7 @@ import textwrap
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _CACHE_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(REPO_ROOT / ".cache" / "jax")
 
-BODY = textwrap.dedent(
+PRELUDE = textwrap.dedent(
     """
     import os
     import jax, jax.numpy as jnp, numpy as np
@@ -44,10 +45,15 @@ BODY = textwrap.dedent(
         step, _ = fwd(state, tokens[:, 5:], cache)
         return [np.asarray(prefill).view(np.uint32), np.asarray(step).view(np.uint32)]
 
+    mesh = Mesh(np.array(jax.devices()), ("layers",))
+    """
+)
+
+BODY = PRELUDE + textwrap.dedent(
+    """
     fp8 = run(LlamaForCausalLM(cfg, nnx.Rngs(0)))
     one = run(enn.compress_model(LlamaForCausalLM(cfg, nnx.Rngs(0))))
 
-    mesh = Mesh(np.array(jax.devices()), ("layers",))
     model = enn.shard_model(
         enn.compress_model(LlamaForCausalLM(cfg, nnx.Rngs(0))), mesh, "layers")
     (w,) = jax.tree.leaves(nnx.state(model.layers.layer.mlp.down_proj, enn.Ecf8Weight),
@@ -87,7 +93,25 @@ BODY = textwrap.dedent(
 )
 
 
-def test_layer_sharded_ecf8_model_on_8_devices_is_bit_identical_to_one_device():
+BF16_BODY = PRELUDE + textwrap.dedent(
+    """
+    bf16 = run(LlamaForCausalLM(cfg, nnx.Rngs(0), bf16=True))
+    model = enn.shard_model(
+        enn.compress_model(LlamaForCausalLM(cfg, nnx.Rngs(0), bf16=True)), mesh, "layers")
+    (w,) = jax.tree.leaves(nnx.state(model.layers.layer.mlp.down_proj, enn.Ecf8Weight),
+                           is_leaf=lambda x: isinstance(x, Ecf8Tensor))
+    assert w.dtype == "bfloat16"
+    for leaf in jax.tree.leaves(w):  # every device holds one whole compressed BF16 layer
+        assert leaf.sharding.spec == PartitionSpec("layers"), leaf.sharding
+        assert leaf.addressable_shards[0].data.shape[0] == 1
+    for a, b in zip(run(model, NamedSharding(mesh, PartitionSpec("layers"))), bf16):
+        np.testing.assert_array_equal(a, b)
+    print("OK")
+    """
+)
+
+
+def _run_on_8_devices(body: str) -> None:
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=8",
@@ -96,7 +120,7 @@ def test_layer_sharded_ecf8_model_on_8_devices_is_bit_identical_to_one_device():
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     )
     proc = subprocess.run(
-        [sys.executable, "-c", BODY],
+        [sys.executable, "-c", body],
         env=env,
         cwd=REPO_ROOT,
         capture_output=True,
@@ -104,3 +128,11 @@ def test_layer_sharded_ecf8_model_on_8_devices_is_bit_identical_to_one_device():
         timeout=300,
     )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr
+
+
+def test_layer_sharded_ecf8_model_on_8_devices_is_bit_identical_to_one_device():
+    _run_on_8_devices(BODY)
+
+
+def test_layer_sharded_bf16_ecf8_model_is_bit_identical_to_the_bf16_model():
+    _run_on_8_devices(BF16_BODY)

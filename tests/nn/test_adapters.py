@@ -387,7 +387,7 @@ def test_a_where_that_selects_nothing_or_unevenly_in_a_stack_is_an_error():
     model = _tiny()
     with pytest.raises(
         ValueError,
-        match=r"selected no FP8/ECF8 linear layer.*15 candidates are: layers.0.mlp.down_proj",
+        match=r"selected no FP8/BF16/ECF8 linear layer.*15 candidates are: layers.0.mlp.down_proj",
     ):
         enn.add_lora(model, where=lambda p, m: "nope" in p, rank=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="selected no"):
@@ -407,3 +407,68 @@ def test_a_where_that_selects_nothing_or_unevenly_in_a_stack_is_an_error():
         enn.add_sparse_delta(model, {}, where=lambda p, m: p == "lm_head")
     with pytest.raises(ValueError, match="density"):
         enn.add_sparse_delta(model, 0.0, where=MLP)
+
+
+# ------------------------------------------------------------------ a BF16 base
+
+
+def _tiny_bf16(seed=0) -> LlamaForCausalLM:
+    config = LlamaConfig.from_hf(TINY)
+    return enn.compress_model(LlamaForCausalLM(config, nnx.Rngs(seed), bf16=True))
+
+
+def test_mezo_trains_adapters_over_a_bf16_base_that_stays_bit_identical_and_merges_to_bf16():
+    model = _tiny_bf16()
+    assert model.layers.layer.self_attn.q_proj.weight.get_value().dtype == "bfloat16"
+    base_logits = np.asarray(logits_of(model, TOKENS))
+    enn.add_lora(model, where=QV, rank=2, rngs=nnx.Rngs(0))
+    enn.add_sparse_delta(model, 0.01, where=MLP)
+    untrained = np.asarray(logits_of(model, TOKENS))
+    np.testing.assert_array_equal(untrained.view(np.uint32), base_logits.view(np.uint32))
+    frozen = _frozen(model)
+    assert len(frozen) > 7 * 5  # every ECF8 leaf of every linear layer and the table
+
+    graphdef, params, rest = nnx.split(model, enn.AdapterParam, ...)
+
+    def loss_fn(p, batch):
+        logits = nnx.merge(graphdef, p, rest)(batch[:, :-1])[0]
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, batch[:, 1:, None], axis=-1))
+
+    tx = optax.sgd(1e-2)
+    step = training.mezo_step(loss_fn, tx, eps=1e-3)
+    opt_state = tx.init(params)
+    for t in range(3):
+        params, opt_state, _ = step(
+            params, opt_state, TOKENS, training.step_key(jax.random.key(1), t)
+        )
+    nnx.update(model, params)
+    after = _frozen(model)
+    assert after.keys() == frozen.keys()
+    for k in frozen:
+        assert _same_bits(after[k], frozen[k]), k
+
+    q = model.layers[0].self_attn.q_proj
+    want = (np.asarray(q.base.raw_weight(), np.float32) + np.asarray(q.delta())).astype(
+        ml_dtypes.bfloat16
+    )
+    enn.merge_adapters(model)
+    merged = model.layers[0].self_attn.q_proj
+    assert isinstance(merged, Ecf8Linear) and merged.scale is None
+    assert merged.weight.get_value().dtype == "bfloat16"
+    # A BF16 base merges by rounding base + delta to bf16 once (no per-row FP8 scales).
+    assert _same_bits(np.asarray(merged.raw_weight()).view(np.uint16), want.view(np.uint16))
+
+
+def test_merging_untrained_adapters_gives_back_the_same_bf16_bytes():
+    model = _tiny_bf16(seed=1)
+    q = model.layers[1].self_attn.q_proj.raw_weight()
+    logits = np.asarray(logits_of(model, TOKENS))
+    enn.add_lora(model, where=QV, rank=4, rngs=nnx.Rngs(0))
+    enn.merge_adapters(model, encode=False)
+    raw = model.layers[1].self_attn.q_proj
+    assert isinstance(raw, enn.Bf16Linear)
+    assert _same_bits(np.asarray(raw.weight[...]).view(np.uint16), np.asarray(q).view(np.uint16))
+    np.testing.assert_array_equal(
+        np.asarray(logits_of(model, TOKENS)).view(np.uint32), logits.view(np.uint32)
+    )

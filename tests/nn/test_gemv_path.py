@@ -71,3 +71,37 @@ def test_layers_lower_to_the_gemv_kernels_for_cuda_and_to_a_dot_on_cpu():
         assert not any(k in text for k in kernels) and "dot_general" in text
     text = _lowered(ecf8, "cuda", m=16)  # beyond 8 rows: decode, then dot
     assert not any(k in text for k in kernels) and "ecf8_grouped_decode" in text
+
+
+def test_tpu_fused_and_decode_first_gemv_equal_the_raw_twin_bit_for_bit():
+    w = (np.random.default_rng(3).standard_normal((72, 512)) * 0.1).astype(jnp.float8_e4m3fn)
+    t = ecf8_jax.encode(w, chunk_steps=32, balance=False)  # 8 whole rows a chunk
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((1, 512)), jnp.bfloat16)
+    scale = jnp.linspace(0.5, 2.0, 72, dtype=jnp.float32)
+    twin = np.asarray(codec.fp8_gemv(x, jnp.asarray(w), scale, platform="tpu", interpret=True))
+    got = codec.gemv(x, t, scale, platform="tpu", interpret=True)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), twin.view(np.uint32))
+    with pytest.raises(ValueError, match="no row GEMV kernel"):
+        codec.gemv(x, t, scale, platform="rocm")
+
+
+def test_layers_keep_decode_then_dot_on_tpu():
+    # codec.LAYER_GEMV_PLATFORMS: the TPU GEMV is no faster than decoding there, and its raw
+    # twin would slow uncompressed FP8 layers, so both layers stay on XLA's dot.
+    fp8, ecf8 = _layers()
+    assert "gemv" not in _lowered(fp8, "tpu") and "dot_general" in _lowered(fp8, "tpu")
+    text = _lowered(ecf8, "tpu")
+    assert "gemv" not in text and "ecf8_grouped_decode" in text and "dot_general" in text
+
+
+def test_whole_row_chunks_are_balanced_so_the_last_one_is_nearly_full():
+    from ecf8_jax.format import grouped
+
+    # SmolLM2's down_proj: 576 rows of 1536. The largest whole-row chunk holds 168 rows (4
+    # chunks, the last with 72: 96 rows of raw nibbles stored for nothing); balanced: 144.
+    assert grouped.row_chunk_steps(1536) * 128 // 1536 == 168
+    steps = grouped.row_chunk_steps(1536, rows=576)
+    assert steps % 32 == 0 and (steps * 128) % 1536 == 0 and steps * 128 // 1536 == 144
+    w = (np.random.default_rng(5).standard_normal((576, 1536)) * 0.1).astype(np.float32)
+    t = enn.compress_layer(enn.Fp8Linear.from_float(w)).weight.get_value()
+    assert t.chunk_steps == steps and t.num_chunks == 4

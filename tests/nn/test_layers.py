@@ -215,3 +215,137 @@ def test_compress_model_is_exported_at_the_top_level():
     assert ecf8_jax.compress_model is enn.compress_model
     with pytest.raises(AttributeError, match="no_such_thing"):
         ecf8_jax.no_such_thing  # noqa: B018
+
+
+# ----------------------------------------------------------------------------- BF16 / FP16
+
+BF16 = ml_dtypes.bfloat16
+SIXTEEN = {"bfloat16": BF16, "float16": np.float16}
+
+
+def bits16(x) -> np.ndarray:
+    return np.asarray(x).view(np.uint16)
+
+
+def wide_weight(rng, shape, dtype=BF16):
+    """Normal weights with the awkward values mixed in: ±0 and subnormals of ``dtype``."""
+    w = (rng.standard_normal(shape) * 0.05).astype(dtype)
+    tiny = float(ml_dtypes.finfo(dtype).smallest_subnormal)
+    flat = w.reshape(-1)
+    flat[:4] = np.array([0.0, -0.0, tiny, -3 * tiny], np.float32).astype(dtype)
+    return w
+
+
+@pytest.mark.parametrize("dtype", sorted(SIXTEEN))
+def test_bf16_linear_multiplies_16_bit_inputs_and_accumulates_in_float32(dtype):
+    rng = np.random.default_rng(10)
+    w = wide_weight(rng, (70, 130), SIXTEEN[dtype])
+    bias = rng.standard_normal(70).astype(np.float32)
+    x = rng.standard_normal((3, 130)).astype(np.float32)
+    layer = enn.Bf16Linear(w, bias)
+    assert layer.dtype == SIXTEEN[dtype] and layer.scale is None
+    y = nnx.jit(lambda m, x: m(x))(layer, x)
+    assert y.dtype == jnp.float32
+    want = jax.lax.dot_general(
+        jnp.asarray(x).astype(SIXTEEN[dtype]), jnp.asarray(w), (((1,), (1,)), ((), ())),
+        preferred_element_type=jnp.float32,
+    ) + bias  # fmt: skip
+    np.testing.assert_array_equal(bits(y), bits(want))
+    exact = x.astype(SIXTEEN[dtype]).astype(np.float64) @ w.astype(np.float64).T + bias
+    np.testing.assert_allclose(np.asarray(y), exact, rtol=1e-5, atol=1e-5)  # f32 accumulation
+
+
+@pytest.mark.parametrize("dtype", sorted(SIXTEEN))
+def test_ecf8_linear_on_16_bit_weights_is_bit_identical_to_bf16_linear(dtype):
+    rng = np.random.default_rng(11)
+    raw = enn.Bf16Linear(wide_weight(rng, (260, 130), SIXTEEN[dtype]), np.ones(260))
+    ecf8 = enn.compress_layer(raw)
+    assert isinstance(ecf8, enn.Ecf8Linear) and ecf8.scale is None
+    assert ecf8.weight.get_value().dtype == dtype and ecf8.dtype == raw.dtype
+    np.testing.assert_array_equal(bits16(ecf8.raw_weight()), bits16(raw.weight[...]))
+    f = nnx.jit(lambda m, x: m(x))
+    for m in (1, 3):  # one row (a decode step) and several
+        x = rng.standard_normal((m, 130)).astype(np.float32)
+        np.testing.assert_array_equal(bits(f(ecf8, x)), bits(f(raw, x)))
+
+
+def test_every_bf16_bit_pattern_survives_a_compressed_table():
+    """All 65,536 patterns (NaNs with payloads, ±inf, ±0, subnormals) as a [512, 128] table."""
+    table = np.arange(1 << 16, dtype=np.uint16).view(BF16).reshape(512, 128)
+    ecf8 = enn.compress_layer(enn.Bf16Embed(table), chunk_steps=32)
+    np.testing.assert_array_equal(bits16(ecf8.raw_table()), bits16(table))
+    ids = jnp.array([0, 255, 256, 511, 383])
+    rows = ecf8.lookup_rows(ids)
+    np.testing.assert_array_equal(bits16(rows), bits16(table[np.asarray(ids)]))
+
+
+def _multi_chunk_bf16_embed(vocab=500, dim=72):
+    rng = np.random.default_rng(12)
+    raw = enn.Bf16Embed.from_float(rng.standard_normal((vocab, dim)).astype(np.float32))
+    ecf8 = enn.compress_layer(raw, chunk_steps=32)
+    assert ecf8.table.get_value().signs.shape[0] == 9
+    return raw, ecf8
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [[[56, 0], [499, 113]], [list(range(0, 500, 25)), [56, 57, 113, 455, 499] * 4]],
+)
+def test_bf16_lookup_and_blocked_tied_head_are_bit_identical(ids, monkeypatch):
+    monkeypatch.setattr(enn.layers, "EMBED_BLOCK_WEIGHTS", 72 * 64)
+    raw, ecf8 = _multi_chunk_bf16_embed()
+    ids = jnp.array(ids)
+    f = nnx.jit(lambda m, ids: (m(ids), m.attend(m(ids))))
+    (rows, logits), (rows2, logits2) = f(raw, ids), f(ecf8, ids)
+    assert rows.dtype == jnp.float32 and logits.dtype == jnp.float32
+    np.testing.assert_array_equal(bits(rows2), bits(rows))
+    np.testing.assert_array_equal(bits(logits2), bits(logits))
+    table = np.asarray(raw.table[...])
+    np.testing.assert_array_equal(bits(rows), bits(table[np.asarray(ids)].astype(np.float32)))
+
+
+class _TinyBf16(nnx.Module):
+    def __init__(self, rng):
+        self.embed = enn.Bf16Embed.from_float(rng.standard_normal((50, 32)))
+        self.blocks = nnx.List(
+            [enn.Bf16Linear.from_float(rng.standard_normal((32, 32)) * 0.2) for _ in range(2)]
+        )
+        self.norm_w = nnx.Param(jnp.ones(32))
+        self.head = self.embed
+
+    def __call__(self, ids):
+        h = self.embed(ids)
+        for b in self.blocks:
+            h = jax.nn.relu(b(h)) * self.norm_w[...]
+        return self.head.attend(h)
+
+
+def test_compress_model_converts_bf16_layers_keeps_ties_and_nothing_becomes_trainable():
+    model = _TinyBf16(np.random.default_rng(13))
+    ids = jnp.arange(6).reshape(2, 3)
+    f = nnx.jit(lambda m, ids: m(ids))
+    before = f(model, ids)
+    assert [p.shape for p in jax.tree.leaves(nnx.state(model, nnx.Param))] == [(32,)]
+    enn.compress_model(model)
+    assert isinstance(model.blocks[0], enn.Ecf8Linear)
+    assert isinstance(model.embed, enn.Ecf8Embed) and model.head is model.embed
+    assert [p.shape for p in jax.tree.leaves(nnx.state(model, nnx.Param))] == [(32,)]
+    assert not jax.tree.leaves(nnx.state(model, enn.Bf16Weight))
+    tensors = jax.tree.leaves(
+        nnx.state(model, enn.Ecf8Weight), is_leaf=lambda x: isinstance(x, Ecf8Tensor)
+    )
+    assert [t.dtype for t in tensors] == ["bfloat16"] * 3
+    np.testing.assert_array_equal(bits(f(model, ids)), bits(before))
+
+
+def test_float_layers_are_not_compressed_and_scales_must_match_the_dtype():
+    model = nnx.List([enn.Linear(jnp.ones((4, 4), jnp.bfloat16))])
+    enn.compress_model(model)
+    assert isinstance(model[0], enn.Linear)  # a trainable layer stays trainable
+    with pytest.raises(ValueError, match="bfloat16/float16"):
+        enn.Bf16Linear(np.zeros((4, 4), FP8))
+    t = ecf8_jax.encode(np.zeros((4, 128), BF16))
+    with pytest.raises(ValueError, match="takes no scale"):
+        enn.Ecf8Linear(t, np.float32(1.0))
+    with pytest.raises(ValueError, match="needs its scale"):
+        enn.Ecf8Linear(ecf8_jax.encode(np.zeros((4, 128), FP8)), None)

@@ -10,6 +10,7 @@ import pytest
 
 import ecf8_jax
 from ecf8_jax.format import grouped
+from ecf8_jax.format.grouped_encoder import encode_grouped
 from pallas_kernels import compat
 from pallas_kernels.grouped_matmul.pallas_gpu import (
     fp8_rows_gemv,
@@ -59,6 +60,40 @@ def test_fused_gemv_lowers_for_cuda():
     args = [jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in _arrays(t)]
     x, scale = jax.ShapeDtypeStruct((1, k), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32)
     f = jax.jit(lambda x, *a: grouped_gemv_gpu(x, *a[:-1], a[-1], n=n))
+    with compat.abstract_device("cuda"):
+        text = f.trace(x, *args, scale).lower(lowering_platforms=("cuda",)).as_text()
+    assert "ecf8_grouped_gemv" in text
+
+
+def _encode_16bit(w, steps):
+    u = np.ascontiguousarray(w).view(np.uint16).reshape(-1)
+    chunks = -(-u.size // (steps * 128))
+    stream, offsets, raw, lengths = encode_grouped(u, steps, chunks, grouped.WIDE)
+    return grouped.kernel_args(stream, offsets, raw, lengths, np)
+
+
+@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
+def test_16bit_fused_gemv_equals_its_raw_twin_bit_for_bit(m, dtype):
+    n, k = 24, 1024  # 64 steps: 8 rows a chunk, 3 chunks
+    w = _weight(n, k, dtype, seed=4)
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((m, k)), jnp.bfloat16)
+    ones = jnp.ones((n,), jnp.float32)
+    fused = grouped_gemv_gpu(x, *_encode_16bit(w, 64), ones, n=n, fp8_dtype=jnp.dtype(dtype),
+                             interpret=True)  # fmt: skip
+    twin = fp8_rows_gemv(x, jnp.asarray(w), ones, chunk_steps=64, interpret=True)
+    np.testing.assert_array_equal(np.asarray(fused).view(np.uint32),
+                                  np.asarray(twin).view(np.uint32))  # fmt: skip
+    ref = np.asarray(gemv_reference(x.astype(jnp.float32), jnp.asarray(w), ones))
+    np.testing.assert_allclose(np.asarray(fused), ref, rtol=1e-4, atol=1e-4)  # float math
+
+
+def test_16bit_fused_gemv_lowers_for_cuda():
+    n, k = 64, 4096
+    args = _encode_16bit(_weight(n, k, ml_dtypes.bfloat16), 2048)
+    args = [jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in args]
+    x, scale = jax.ShapeDtypeStruct((1, k), jnp.bfloat16), jax.ShapeDtypeStruct((n,), jnp.float32)
+    f = jax.jit(lambda x, *a: grouped_gemv_gpu(x, *a[:-1], a[-1], n=n, fp8_dtype=jnp.bfloat16))
     with compat.abstract_device("cuda"):
         text = f.trace(x, *args, scale).lower(lowering_platforms=("cuda",)).as_text()
     assert "ecf8_grouped_gemv" in text

@@ -1,0 +1,316 @@
+"""Fused version-2 decode + GEMV (small m) as a Pallas kernel for TPU (Mosaic).
+
+Why: at batch 1-8 a layer is bound by reading its weight; decoding inside the GEMV keeps the
+decoded weight out of HBM (decode-then-dot writes and re-reads it). There was no fused TPU
+kernel; this one is the version-2 TPU decode (``grouped_decode.pallas_tpu.program_setup``:
+8 chunks per program, one per sublane, the stream streamed into VMEM by DMA) with the
+multiply-accumulate on the VPU in place of the store.
+
+Numerics: decoded values become float32 exactly, by bit arithmetic (FP8 E4M3/E5M2 and FP16 by
+their fields, BF16 by a shift; no float8 types inside the kernel), and products with the
+float32 activations are summed per lane in group order, then across the 128 lanes once per
+row; the caller scales. The raw twin (``rows_gemv_tpu``) is the same kernel loading the
+uncompressed weight's words, so the two are bit-identical; both match ``x @ W.T`` to float32
+rounding (the VPU may flush float32 subnormal products).
+
+Backend: Pallas -> Mosaic TPU. Each chunk holds whole rows of the [n, k] weight
+(``chunk_steps * 128`` a multiple of ``k``, ``k`` a multiple of 512), and the 8 chunks of a
+program are at the same (row, column group) at every step, so one activation row slice
+(permuted outside the kernel into the version-2 slot order) serves all 8 sublanes. A row's
+128 lane sums are reduced when it ends and stored at its lane of an [m, 8, rows] block.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels.grouped_decode.config import BlockSizes
+from pallas_kernels.grouped_decode.pallas_tpu import (
+    ROW_WORDS,
+    pack_lut,
+    program_setup,
+    stream_rows_of,
+    window_rows,
+)
+from pallas_kernels.grouped_decode.reference import (
+    GROUP,
+    decode_group,
+    groups_per_raw_word,
+    kernel_arrays,
+    words_per_group,
+)
+from pallas_kernels.grouped_matmul.reference import slot_words
+
+LANES = 128
+GROUP_WEIGHTS = GROUP * LANES  # 512 consecutive weights of one row per group
+MAX_M = 8
+
+# (exponent bits, mantissa bits, bias, IEEE-style infinities/NaNs) of the narrow floats
+_FIELDS = {
+    "float8_e4m3fn": (4, 3, 7, False),
+    "float8_e5m2": (5, 2, 15, True),
+    "float16": (5, 10, 15, True),
+}
+
+
+def to_float32(v, dtype):
+    """uint32 values holding ``dtype`` bit patterns (low bits) -> their exact float32.
+
+    Bit arithmetic only (Mosaic has no float8 on every TPU): normal numbers move their fields,
+    subnormals are ``mantissa * 2**(1 - bias - mantissa_bits)`` (exact, a normal float32),
+    E4M3FN's 0x7F/0xFF and the IEEE formats' all-ones exponent become NaN/inf with the sign
+    and payload kept. bfloat16 is the top half of a float32.
+    """
+    name = jnp.dtype(dtype).name
+    if name == "bfloat16":
+        return lax.bitcast_convert_type(v << 16, jnp.float32)
+    e_bits, m_bits, bias, ieee = _FIELDS[name]
+    width = 1 + e_bits + m_bits
+    sign = (v >> (width - 1)) << 31
+    e = (v >> m_bits) & ((1 << e_bits) - 1)
+    m = v & ((1 << m_bits) - 1)
+    normal = sign | ((e + (127 - bias)) << 23) | (m << (23 - m_bits))
+    scale = jnp.float32(2.0 ** (1 - bias - m_bits))
+    sub = m.astype(jnp.int32).astype(jnp.float32) * scale
+    bits = jnp.where(e == 0, lax.bitcast_convert_type(sub, jnp.uint32) | sign, normal)
+    top = (1 << e_bits) - 1
+    if ieee:  # all-ones exponent: inf (m = 0) or NaN with its payload
+        bits = jnp.where(e == top, sign | (0xFF << 23) | (m << (23 - m_bits)), bits)
+    else:  # E4M3FN: only S.1111.111 is NaN
+        bits = jnp.where((e == top) & (m == (1 << m_bits) - 1), sign | 0x7FC00000, bits)
+    return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def gemv_shapes_supported(n: int, k: int, chunk_steps: int, m: int) -> str | None:
+    """Why the TPU GEMV cannot take an [n, k] weight of ``chunk_steps``, or None."""
+    if k % GROUP_WEIGHTS:
+        return f"the fused GEMV needs in_features % {GROUP_WEIGHTS} == 0, got {k}"
+    if (chunk_steps * LANES) % k:
+        return f"chunks of {chunk_steps * LANES} weights do not hold whole rows of {k}"
+    if not 1 <= m <= MAX_M:
+        return f"the fused GEMV is for 1 to {MAX_M} activation rows, got {m}"
+    return None
+
+
+def permute_activations(x: jax.Array, bits: int) -> jax.Array:
+    """float32[m, k] -> [m, k // 128, 128]: row ``q * 4 + j`` holds, at lane ``l``, the column
+    that value ``j`` of lane ``l`` multiplies in column group ``q`` (the slot order)."""
+    m, k = x.shape
+    per_word = 32 // bits
+    shaped = x.astype(jnp.float32).reshape(
+        m, k // GROUP_WEIGHTS, GROUP // per_word, LANES, per_word
+    )
+    return shaped.transpose(0, 1, 2, 4, 3).reshape(m, k // LANES, LANES)
+
+
+def _gemv_rows(x_ref, out_ref, rows, groups_per_row, dtype, next_words, state):
+    """The row loop shared by the fused kernel and its twin (8 chunks, one per sublane).
+
+    ``next_words(g, state) -> (words, state)``: group ``g``'s output words of the 8 chunks,
+    a tuple of uint32[8, 128].
+    """
+    m = x_ref.shape[0]
+    bits = jnp.dtype(dtype).itemsize * 8
+    per_word = 32 // bits
+    lane = lax.broadcasted_iota(jnp.int32, out_ref.shape[2:], 1)  # [8, rows]
+    out_ref[...] = jnp.zeros(out_ref.shape, jnp.float32)
+
+    def row_body(r, state):
+        def group_body(q, inner):
+            acc, state = inner
+            words, state = next_words(r * groups_per_row + q, state)
+            acc = list(acc)
+            for p, word in enumerate(words):
+                for kk in range(per_word):
+                    j = p * per_word + kk
+                    v = (word >> (bits * kk)) & ((1 << bits) - 1)
+                    w = to_float32(v, dtype)  # [8, 128]
+                    for i in range(m):
+                        xj = x_ref[i, pl.ds(q * GROUP + j, 1), :]  # [1, 128]
+                        acc[i] = acc[i] + w * xj
+            return tuple(acc), state
+
+        zeros = tuple(jnp.zeros((8, LANES), jnp.float32) for _ in range(m))
+        acc, state = lax.fori_loop(0, groups_per_row, group_body, (zeros, state))
+        for i in range(m):
+            total = jnp.sum(acc[i], axis=-1, keepdims=True)  # [8, 1]
+            out_ref[0, i] = jnp.where(lane == r, total, out_ref[0, i])
+        return state
+
+    lax.fori_loop(0, rows, row_body, state)
+
+
+def _fused_kernel(
+    offsets_ref, threshold_ref, stream_hbm, raw_ref, lut_ref, x_ref, out_ref, window, sem,
+    *, chunks, stream_rows, num_words, rows, groups_per_row, dtype,
+):  # fmt: skip
+    block, _, lanes = raw_ref.shape
+    bits = jnp.dtype(dtype).itemsize * 8
+    per_raw = groups_per_raw_word(bits)
+    ops, threshold, base, copy = program_setup(
+        offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem,
+        block=block, chunks=chunks, stream_rows=stream_rows,
+    )  # fmt: skip
+
+    def next_words(g, state):
+        hi, lo, nbits, base = state
+        raw_word = raw_ref[:, pl.ds(g // per_raw, 1), :].reshape(block, lanes)
+        hi, lo, nbits, base, words = decode_group(
+            hi, lo, nbits, base, threshold, ops, raw_word, g, num_words, bits
+        )
+        return words, (hi, lo, nbits, base)
+
+    copy.wait()
+    zeros = jnp.zeros((block, lanes), jnp.uint32)
+    state = (zeros, zeros, jnp.zeros((block, lanes), jnp.int32), base)
+    _gemv_rows(x_ref, out_ref, rows, groups_per_row, dtype, next_words, state)
+
+
+def _twin_kernel(words_ref, x_ref, out_ref, *, rows, groups_per_row, dtype):
+    block, _, lanes = words_ref.shape
+    per_group = words_per_group(jnp.dtype(dtype).itemsize * 8)
+
+    def next_words(g, state):
+        words = tuple(
+            words_ref[:, pl.ds(g * per_group + p, 1), :].reshape(block, lanes)
+            for p in range(per_group)
+        )
+        return words, state
+
+    _gemv_rows(x_ref, out_ref, rows, groups_per_row, dtype, next_words, 0)
+
+
+def _finish(out, m, n, scale):
+    """[programs, m, 8, rows] row sums -> float32[m, n] scaled."""
+    y = out.transpose(1, 0, 2, 3).reshape(m, -1)[:, :n]
+    return y * jnp.asarray(scale, jnp.float32)[None, :]
+
+
+def grouped_gemv_tpu(
+    x: jax.Array,
+    stream: jax.Array,
+    chunk_offsets: jax.Array,
+    raw: jax.Array,
+    lut: jax.Array,
+    threshold: jax.Array,
+    scale: jax.Array,
+    *,
+    n: int,
+    dtype=jnp.float8_e4m3fn,
+    block_sizes: BlockSizes | None = None,
+    interpret: bool | object = False,
+) -> jax.Array:
+    """``(x @ W.T) * scale`` for a version-2 [n, k] weight, decoded inside the GEMV on a TPU.
+
+    Args:
+      x: [m, k] activations, 1 <= m <= 8.
+      stream, chunk_offsets, raw, lut, threshold: the weight's version-2 arrays.
+      scale: float32[n] per output row (ones for an unscaled 16-bit weight).
+      n: output features (rows of W).
+      dtype: the weight's dtype (FP8, bfloat16 or float16).
+      block_sizes: ``vmem_limit_bytes`` (``chunks_per_program`` must be 8 here).
+      interpret: ``False`` or TPU interpret-mode parameters.
+
+    Returns:
+      float32[m, n].
+    """
+    bits = jnp.dtype(dtype).itemsize * 8
+    chunks, raw_rows, lanes = raw.shape
+    per_raw = groups_per_raw_word(bits)
+    steps = 4 * per_raw * raw_rows
+    m, k = x.shape
+    if (reason := gemv_shapes_supported(n, k, steps, m)) is not None:
+        raise ValueError(reason)
+    block_sizes = block_sizes or BlockSizes.get_default(raw.shape, "pallas_tpu")
+    block = 8
+    stream, chunk_offsets, raw, lut, threshold = kernel_arrays(
+        stream, chunk_offsets, raw, lut, threshold
+    )
+    stream2d, stream_rows = stream_rows_of(stream)
+    window = window_rows(block, steps, stream_rows)
+    programs = pl.cdiv(chunks, block)
+    rows = steps * LANES // k
+    kernel = functools.partial(
+        _fused_kernel, chunks=chunks, stream_rows=stream_rows, num_words=stream.shape[0],
+        rows=rows, groups_per_row=k // GROUP_WEIGHTS, dtype=jnp.dtype(dtype),
+    )  # fmt: skip
+    xp = permute_activations(x, bits)
+    grid_spec = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=2,
+        grid=(programs,),
+        in_specs=[
+            pl.BlockSpec(memory_space=pl.ANY),
+            pl.BlockSpec((block, raw_rows, lanes), lambda b, *_: (b, 0, 0)),
+            pl.BlockSpec((block, lut.shape[1] // 2), lambda b, *_: (b, 0)),
+            pl.BlockSpec(xp.shape, lambda b, *_: (0, 0, 0)),
+        ],
+        out_specs=pl.BlockSpec((1, m, block, rows), lambda b, *_: (b, 0, 0, 0)),
+        scratch_shapes=[pltpu.VMEM((window, ROW_WORDS), jnp.uint32), pltpu.SemaphoreType.DMA],
+    )
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((programs, m, block, rows), jnp.float32),
+        grid_spec=grid_spec,
+        interpret=interpret,
+        name="ecf8_grouped_gemv_tpu",
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel",), vmem_limit_bytes=block_sizes.vmem_limit_bytes
+        ),
+    )(chunk_offsets.astype(jnp.int32), threshold, stream2d, raw, pack_lut(lut), xp)
+    return _finish(out, m, n, scale)
+
+
+def rows_gemv_tpu(
+    x: jax.Array,
+    w: jax.Array,
+    scale: jax.Array,
+    *,
+    chunk_steps: int,
+    interpret: bool | object = False,
+) -> jax.Array:
+    """The raw twin of ``grouped_gemv_tpu``: the same kernel reading the uncompressed weight.
+
+    Args:
+      x: [m, k] activations, 1 <= m <= 8.
+      w: [n, k] FP8, bfloat16 or float16 weight.
+      scale: float32[n].
+      chunk_steps: the chunking of the compressed twin (same rows per program).
+
+    Returns:
+      float32[m, n], bit-identical to ``grouped_gemv_tpu`` on the encoded ``w``.
+    """
+    n, k = w.shape
+    m = x.shape[0]
+    if (reason := gemv_shapes_supported(n, k, chunk_steps, m)) is not None:
+        raise ValueError(reason)
+    bits = jnp.dtype(w.dtype).itemsize * 8
+    words = slot_words(w, chunk_steps)
+    chunks, out_rows, lanes = words.shape
+    block = 8
+    programs = pl.cdiv(chunks, block)
+    words = jnp.pad(words, ((0, programs * block - chunks), (0, 0), (0, 0)))
+    rows = chunk_steps * LANES // k
+    kernel = functools.partial(
+        _twin_kernel, rows=rows, groups_per_row=k // GROUP_WEIGHTS, dtype=jnp.dtype(w.dtype)
+    )
+    xp = permute_activations(x, bits)
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((programs, m, block, rows), jnp.float32),
+        grid=(programs,),
+        in_specs=[
+            pl.BlockSpec((block, out_rows, lanes), lambda b: (b, 0, 0)),
+            pl.BlockSpec(xp.shape, lambda b: (0, 0, 0)),
+        ],
+        out_specs=pl.BlockSpec((1, m, block, rows), lambda b: (b, 0, 0, 0)),
+        interpret=interpret,
+        name="rows_gemv_tpu",
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
+    )(words, xp)
+    return _finish(out, m, n, scale)
