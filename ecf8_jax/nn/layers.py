@@ -213,6 +213,9 @@ class _ScaledLinear(nnx.Module):
         """The ``[out, in]`` weight as an array (FP8 for quantized layers)."""
         raise NotImplementedError
 
+    unscaled_gemv = False
+    """Whether the row GEMV also applies without a scale (16-bit weights: a scale of one)."""
+
     def row_gemv(
         self, m: int, platform: str = "cuda"
     ) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
@@ -240,16 +243,15 @@ class _ScaledLinear(nnx.Module):
             )
 
         m = int(np.prod(x.shape[:-1]))
-        if self.block_size is not None or scale is None:
+        if self.block_size is not None or (scale is None and not self.unscaled_gemv):
             return dense(x)
         branches = {p: self.row_gemv(m, p) for p in LAYER_GEMV_PLATFORMS}
         if all(fn is None for fn in branches.values()):
             return dense(x)
 
         def fused(gemv_fn, x):
-            row_scale = jnp.broadcast_to(
-                scale.astype(jnp.float32).reshape(-1), (self.out_features,)
-            )
+            one = jnp.ones((), jnp.float32) if scale is None else scale.astype(jnp.float32)
+            row_scale = jnp.broadcast_to(one.reshape(-1), (self.out_features,))
             x2 = x.reshape(m, self.in_features).astype(self.dtype)
             y = gemv_fn(x2, row_scale).reshape(*x.shape[:-1], self.out_features)
             return y + bias.astype(jnp.float32) if bias is not None else y
@@ -373,8 +375,15 @@ class Bf16Linear(_ScaledLinear):
         bit for bit, an FP32 or FP16 one rounds: lossy)."""
         return cls(_to_16bit(w, dtype), bias, **kw)
 
+    unscaled_gemv = True
+
     def raw_weight(self) -> jax.Array:
         return self.weight[...]
+
+    def row_gemv(self, m, platform="cuda"):
+        if not gemv_applies((self.out_features, self.in_features), m):
+            return None
+        return lambda x, s: fp8_gemv(x, self.weight[...], s, platform=platform)
 
 
 def _to_16bit(w, dtype) -> jax.Array:
@@ -426,6 +435,10 @@ class Ecf8Linear(_ScaledLinear):
 
     def raw_weight(self) -> jax.Array:
         return decode(self.weight.get_value(), implementation=self.implementation)
+
+    @property
+    def unscaled_gemv(self) -> bool:
+        return self.weight.get_value().dtype in ("bfloat16", "float16")
 
     def row_gemv(self, m, platform="cuda"):
         if not gemv_applies((self.out_features, self.in_features), m):

@@ -105,3 +105,21 @@ def test_whole_row_chunks_are_balanced_so_the_last_one_is_nearly_full():
     w = (np.random.default_rng(5).standard_normal((576, 1536)) * 0.1).astype(np.float32)
     t = enn.compress_layer(enn.Fp8Linear.from_float(w)).weight.get_value()
     assert t.chunk_steps == steps and t.num_chunks == 4
+
+
+def test_bf16_layers_lower_to_the_gemv_kernels_for_cuda():
+    w = (np.random.default_rng(6).standard_normal((48, 1024)) * 0.1).astype(np.float32)
+    raw = enn.Bf16Linear.from_float(w)
+    packed = enn.compress_layer(raw)
+    assert packed.unscaled_gemv and codec.fused_gemv_ready(packed.weight.get_value())
+    assert "fp8_rows_gemv" in _lowered(raw, "cuda")
+    text = _lowered(packed, "cuda")
+    assert "ecf8_grouped_gemv" in text and "fp8_rows_gemv" not in text
+    assert "gemv" not in _lowered(packed, "cpu")  # a plain dot elsewhere
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((1, 1024)), jnp.bfloat16)
+    ones = jnp.ones((48,), jnp.float32)
+    fused = codec.gemv(x, packed.weight.get_value(), ones, interpret=True)
+    twin = codec.fp8_gemv(x, raw.weight[...], ones, interpret=True)
+    np.testing.assert_array_equal(
+        np.asarray(fused).view(np.uint32), np.asarray(twin).view(np.uint32)
+    )
