@@ -2,10 +2,11 @@
 
 The cache lives in ``<repo>/.cache/jax`` (git-ignored) so a second ``make test`` skips most XLA
 compiles. Cache keys include the jax/jaxlib versions, so ``.venv`` and ``.venv-oldest`` can share
-the folder. Set ``JAX_COMPILATION_CACHE_DIR`` to use another folder. Under pytest-xdist
-(``make test`` runs ``-n 2 --dist loadfile``) each worker has its own subfolder (``gw0``,
-``gw1``): a file always lands on the same worker for the same set of files, so a rerun still
-finds its programs, and no two processes write one cache entry at once.
+the folder (``make test`` runs both at once). Set ``JAX_COMPILATION_CACHE_DIR`` to use another
+folder. Under pytest-xdist (``make test`` runs ``-n 2 --dist worksteal``) each worker has its own
+subfolder (``gw0``, ``gw1``): a worker starts on its own half of the collection, so a rerun finds
+most of its programs, and no two processes write one cache entry at once (jax writes entries in
+place, so a reader could see half a file).
 
 The ``oldest`` marker selects what ``.venv-oldest`` (the oldest supported jax, flax, orbax and
 the torch references) runs: the areas where versions differ (:data:`OLDEST_AREAS`, also listed
