@@ -74,9 +74,9 @@ XDIST ?= -n 2 --dist worksteal
 # -- kernels and their lowering (tests/pallas_kernels), encoder/decoder numerics (tests/format),
 # Orbax checkpoints (tests/test_checkpoint.py), the NNX layers (tests/nn/test_layers.py), torch
 # parity (every `torch` test) and the import rules -- plus a smoke of the rest (the console
-# script round trip, Qwen3-style logits, LoRA gradients, MeZO z and retracing, Meerkat replay, the
-# container API). tests/conftest.py holds both lists (OLDEST_AREAS, OLDEST_SMOKE) and adds the
-# `oldest` marker. Every other test runs in .venv only; `make test PYTEST_ARGS=...` reaches both.
+# script round trip, LoRA gradients, MeZO z and retracing, Meerkat replay, the container API).
+# tests/conftest.py holds both lists (OLDEST_AREAS, OLDEST_SMOKE) and adds the `oldest` marker.
+# Every other test runs in .venv only; `make test PYTEST_ARGS=...` reaches both.
 OLDEST_MARKERS ?= oldest
 
 PIP_FLAGS := --quiet --disable-pip-version-check
