@@ -64,17 +64,19 @@ INSTALL_DEPS := pyproject.toml constraints/extra_reqs.py constraints/check_env.p
 SRC_DIRS = $(wildcard ecf8_jax ecf8_cli pallas_kernels training bench tests constraints)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
-# pytest-xdist: one worker per core of the 2-core target machine; --dist loadfile keeps a file's
-# module-scoped fixtures (compressed checkpoints, tiny models) in one worker. XDIST='-n 0' runs
-# in one process.
-XDIST ?= -n 2 --dist loadfile
+# pytest-xdist: one worker per core of the 2-core target machine. --dist worksteal hands each
+# worker one half of the tests in collection order (so a file's module-scoped fixtures --
+# compressed checkpoints, tiny models -- are mostly built once) and lets an idle worker take
+# tests from the other's queue: no worker waits while the other runs one long file to the end,
+# as under --dist loadfile. XDIST='-n 0' runs in one process.
+XDIST ?= -n 2 --dist worksteal
 # What .venv-oldest runs (oldest jax/flax/orbax, torch references): the version-sensitive areas
 # -- kernels and their lowering (tests/pallas_kernels), encoder/decoder numerics (tests/format),
 # Orbax checkpoints (tests/test_checkpoint.py), the NNX layers (tests/nn/test_layers.py), torch
 # parity (every `torch` test) and the import rules -- plus a smoke of the rest (the console
-# script round trip, Qwen3-style logits, LoRA gradients, MeZO z and retracing, Meerkat replay, the
-# container API). tests/conftest.py holds both lists (OLDEST_AREAS, OLDEST_SMOKE) and adds the
-# `oldest` marker. Every other test runs in .venv only; `make test PYTEST_ARGS=...` reaches both.
+# script round trip, LoRA gradients, MeZO z and retracing, Meerkat replay, the container API).
+# tests/conftest.py holds both lists (OLDEST_AREAS, OLDEST_SMOKE) and adds the `oldest` marker.
+# Every other test runs in .venv only; `make test PYTEST_ARGS=...` reaches both.
 OLDEST_MARKERS ?= oldest
 
 PIP_FLAGS := --quiet --disable-pip-version-check
@@ -109,14 +111,16 @@ endef
 # $(call describe,DIR): one line naming the venv, Python and jax version.
 describe = $(1)/bin/python -c 'import sys, jax, jaxlib; print(f"=== $(1): Python {sys.version.split()[0]}, jax {jax.__version__}, jaxlib {jaxlib.__version__}, backend {jax.default_backend()}")'
 
-.PHONY: help venvs .venv .venv-oldest demo test lint format bench clean distclean
+.PHONY: help venvs .venv .venv-oldest demo test test-newest test-oldest lint format bench clean \
+	distclean
 
 help:
 	@echo "make .venv         newest pins, Python 3.12 ($(or $(PYTHON312),not found: using python3))"
 	@echo "make .venv-oldest  oldest pins, Python 3.11, with torch+zipnn"
 	@echo "make demo          run 'ecf8 demo' in .venv"
 	@echo "make test          lint + pytest in .venv (-m 'not torch') and in .venv-oldest (-m oldest),"
-	@echo "                   each on 2 cores (pytest-xdist; XDIST='-n 0' for one process)"
+	@echo "                   both at once, each on 2 workers (pytest-xdist; XDIST='-n 0' for one process)"
+	@echo "make test-newest   only the .venv run; make test-oldest: only the .venv-oldest run"
 	@echo "                   PYTEST_ARGS='-k foo -x' is passed to both pytest runs"
 	@echo "make bench         python -m bench.compression in .venv-oldest (BENCH_ARGS=...)"
 	@echo "make lint          ruff check + ruff format --check"
@@ -144,9 +148,19 @@ format: .venv
 	$(VENV)/bin/ruff check --select I --fix $(SRC_DIRS)
 	$(VENV)/bin/ruff format $(SRC_DIRS)
 
-test: .venv .venv-oldest lint
+# The two pytest runs go at once (make -j2; -Otarget prints each run's output in one piece when
+# it ends), and .venv-oldest is built while the .venv run is under way: each run's last minute,
+# when one of its workers has nothing left, and pip's single process leave a core to the other.
+# .venv is built first, alone (lint needs it), so two `pip install -e .` never share the
+# checkout's ecf8_jax.egg-info.
+test: lint
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-newest test-oldest
+
+test-newest: .venv
 	@$(call describe,$(VENV)) && echo "=== pytest -m 'not torch' $(XDIST) $(PYTEST_ARGS)"
 	$(VENV)/bin/python -m pytest -q $(XDIST) -m "not torch" $(PYTEST_ARGS)
+
+test-oldest: .venv-oldest
 	@$(call describe,$(VENV_OLDEST)) && echo "=== pytest -m '$(OLDEST_MARKERS)' $(XDIST) $(PYTEST_ARGS)"
 	$(VENV_OLDEST)/bin/python -m pytest -q $(XDIST) -m "$(OLDEST_MARKERS)" $(PYTEST_ARGS)
 

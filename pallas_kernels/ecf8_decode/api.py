@@ -1,23 +1,31 @@
-"""Dispatch for ECF8 decoding: picks a backend by name or by the current platform.
+"""Dispatch for ECF8 version-1 decoding: picks a backend by name or by the current platform.
 
 ``decode(..., implementation=None)`` uses the Pallas kernel of the default backend (Triton on
 GPU, Mosaic on TPU) and falls back to the plain-jnp ``xla`` reference with a warning when the
 kernel cannot take the shapes. An explicit ``implementation=`` never falls back: if it cannot
 run, it raises with the reason.
+
+Unlike version 2 (``pallas_kernels.grouped_decode.api``, which picks by the *lowering*
+platform with ``lax.platform_dependent``), version 1 still asks the default backend: an
+explicit Pallas backend without ``interpret`` is refused on a host whose default backend is
+another platform, and tests/pallas_kernels/test_ecf8_decode_backends.py pins that behaviour.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import jax
 
 from pallas_kernels import compat
+from pallas_kernels.ecf8_decode.config import BlockSizes
 from pallas_kernels.ecf8_decode.pallas_gpu import ecf8_decode_gpu
 from pallas_kernels.ecf8_decode.pallas_tpu import ecf8_decode_tpu
 from pallas_kernels.ecf8_decode.reference import ecf8_decode_reference
 
-IMPLEMENTATIONS = ("xla", "pallas_gpu", "pallas_tpu")
+Implementation = Literal["xla", "pallas_gpu", "pallas_tpu"]
+IMPLEMENTATIONS: tuple[Implementation, ...] = ("xla", "pallas_gpu", "pallas_tpu")
 
 TPU_MAX_STREAM_BYTES = 24 << 20
 """The TPU kernel holds the whole stream in VMEM (see pallas_tpu.py)."""
@@ -56,8 +64,17 @@ def shapes_supported(implementation: str, stream_shape, signs_shape, *, interpre
     return None
 
 
-def _default_implementation() -> str:
+def _default_implementation() -> Implementation:
     return {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}.get(jax.default_backend(), "xla")
+
+
+def _run(implementation, args, block_sizes, interpret):
+    if implementation == "pallas_gpu":
+        return ecf8_decode_gpu(*args, block_sizes=block_sizes, interpret=interpret)
+    if implementation == "pallas_tpu":
+        params = compat.tpu_interpret_params() if interpret else False
+        return ecf8_decode_tpu(*args, block_sizes=block_sizes, interpret=params)
+    return ecf8_decode_reference(*args)
 
 
 def decode(
@@ -68,7 +85,8 @@ def decode(
     deltas: jax.Array,
     symbols: jax.Array,
     *,
-    implementation: str | None = None,
+    implementation: Implementation | None = None,
+    block_sizes: BlockSizes | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """Decodes ECF8 chunks to uint8[C * S * L]; see ``reference.ecf8_decode_reference``.
@@ -76,7 +94,8 @@ def decode(
     Args:
       stream, chunk_offsets, signs, limits, deltas, symbols: the raw arrays.
       implementation: ``None`` (the current backend's kernel, else ``xla``) or one of
-        ``IMPLEMENTATIONS``.
+        ``IMPLEMENTATIONS``. ``"xla"`` is the plain-jnp reference on every platform.
+      block_sizes: launch parameters for a Pallas kernel (default: ``BlockSizes.get_default``).
       interpret: run a Pallas kernel in interpret mode (CPU tests).
 
     Raises:
@@ -98,10 +117,4 @@ def decode(
         if reason is not None:
             raise ValueError(f"ECF8 decode implementation {implementation!r}: {reason}")
     args = (stream, chunk_offsets, signs, limits, deltas, symbols)
-    if implementation == "pallas_gpu":
-        return ecf8_decode_gpu(*args, interpret=interpret)
-    if implementation == "pallas_tpu":
-        return ecf8_decode_tpu(
-            *args, interpret=compat.tpu_interpret_params() if interpret else False
-        )
-    return ecf8_decode_reference(*args)
+    return _run(implementation, args, block_sizes, interpret)

@@ -26,6 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels.ecf8_decode.config import BlockSizes
 from pallas_kernels.ecf8_decode.reference import (
     SIGN_WORD_BITS,
     LaneOps,
@@ -135,17 +136,21 @@ def ecf8_decode_tpu(
     deltas: jax.Array,
     symbols: jax.Array,
     *,
+    block_sizes: BlockSizes | None = None,
     interpret: bool | object = False,
 ) -> jax.Array:
     """Mosaic TPU ECF8 decode; same contract as ``reference.ecf8_decode_reference``.
 
     Args:
+      block_sizes: launch parameters (default: ``BlockSizes.get_default``); the TPU kernel
+        reads ``vmem_limit_bytes``.
       interpret: ``False``, or TPU interpret-mode parameters (``pltpu.InterpretParams()``)
         to run on CPU.
 
     Returns:
       uint8[C * S * L].
     """
+    block_sizes = block_sizes or BlockSizes.get_default(signs.shape, "pallas_tpu")
     chunks, groups, lanes = signs.shape
     steps = groups * SIGN_WORD_BITS
     if chunks == 0:
@@ -174,7 +179,9 @@ def ecf8_decode_tpu(
         grid_spec=grid_spec,
         interpret=interpret,
         name="ecf8_decode",
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel",), vmem_limit_bytes=block_sizes.vmem_limit_bytes
+        ),
         cost_estimate=pl.CostEstimate(
             flops=0,
             transcendentals=0,

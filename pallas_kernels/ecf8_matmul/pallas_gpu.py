@@ -24,6 +24,7 @@ decode to arbitrary bytes (possibly NaN). Untuned: no GPU was available to measu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -34,6 +35,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.ecf8_decode.pallas_gpu import gpu_lane_ops
 from pallas_kernels.ecf8_decode.reference import SIGN_WORD_BITS, decode_step, kernel_arrays
+from pallas_kernels.ecf8_matmul.config import BlockSizes
 
 SLAB_ROWS = SIGN_WORD_BITS  # rows of w per dot: one sign word's worth of steps
 LANES = 128
@@ -118,9 +120,10 @@ def tiled_matmul_gpu(
     n: int,
     steps: int,
     fp8_dtype,
+    block_sizes: BlockSizes | None = None,
     block_m: int | None = None,
     split_k: int | None = None,
-    num_warps: int = 4,
+    num_warps: int | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """``(x @ w) * scale`` with ``w`` [k, n] given as ECF8 tile chunks or raw FP8.
@@ -134,25 +137,21 @@ def tiled_matmul_gpu(
       k, n: the weight's shape; ``n`` a multiple of 128.
       steps: rows per tile (the tensor's ``chunk_steps``).
       fp8_dtype: the weight's FP8 dtype.
-      block_m: rows of x per program (>= 16 for Triton's dot); default: m rounded up to a
-        power of two, between 16 and 64 (each row block of programs decodes the weight anew).
-      split_k: programs sharing one output block's row blocks (more parallelism for small m;
-        their float32 partial sums are added by XLA in a fixed order). Default: all row blocks
-        in parallel when m <= 64, else 1.
-      num_warps: Triton warps per program.
+      block_sizes: launch parameters (default: ``BlockSizes.get_default``).
+      block_m, split_k, num_warps: shorthands that override those fields of ``block_sizes``.
       interpret: run in Pallas interpret mode.
 
     Returns:
       float32[m, n].
     """
     m = x.shape[0]
-    if block_m is None:
-        block_m = min(max(pl.next_power_of_2(m), 16), 64)
+    overrides = dict(block_m=block_m, split_k=split_k, num_warps=num_warps)
+    block_sizes = dataclasses.replace(
+        block_sizes or BlockSizes(), **{f: v for f, v in overrides.items() if v is not None}
+    ).resolve(m, k, steps)
+    block_m, split_k = block_sizes.block_m, block_sizes.split_k
     row_blocks = -(-k // steps)
     col_blocks = n // LANES
-    if split_k is None:
-        split_k = row_blocks if m <= 64 else 1
-    split_k = max(1, min(split_k, row_blocks))
     m_pad = -(-m // block_m) * block_m
     x = jnp.pad(x.astype(jnp.bfloat16), ((0, m_pad - m), (0, row_blocks * steps - k)))
     if tile_source == "raw":
@@ -189,7 +188,9 @@ def tiled_matmul_gpu(
         out_specs=out_spec,
         interpret=interpret,
         name="ecf8_matmul" if tile_source == "ecf8" else "fp8_tiled_matmul",
-        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
+        compiler_params=plgpu.CompilerParams(
+            num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages
+        ),
         cost_estimate=pl.CostEstimate(
             flops=2 * m_pad * row_blocks * steps * n,
             transcendentals=0,

@@ -221,3 +221,26 @@ def test_reference_table_and_compare_chain_decode_alike(case):
     table = np.asarray(ecf8_decode_reference(*raw, use_table=True))
     np.testing.assert_array_equal(table, chain)
     np.testing.assert_array_equal(table[: x.size], x.view(np.uint8).reshape(-1))
+
+
+def test_tpu_kernel_takes_its_vmem_limit_from_block_sizes():
+    raw = _raw(encode_v1(CASES["specials_nan_zero_subnormal_max"][0], chunk_steps=32))
+    limit = 48 << 20
+    texts = []
+    for sizes in (BlockSizes(), BlockSizes(vmem_limit_bytes=limit)):
+        f = jax.jit(lambda *a, sizes=sizes: ecf8_decode_tpu(*a, block_sizes=sizes))
+        with compat.abstract_device("tpu"):
+            texts.append(f.trace(*raw).lower(lowering_platforms=("tpu",)).as_text())
+    assert str(limit) not in texts[0]
+    assert str(limit) in texts[1]
+
+
+def test_explicit_block_sizes_reach_the_kernel_through_the_api(monkeypatch):
+    raw = _raw(encode_v1(CASES["ragged_nine_chunks"][0], chunk_steps=32))
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")  # as on a TPU host
+    sizes = BlockSizes(vmem_limit_bytes=48 << 20)
+    f = jax.jit(lambda *a: api.decode(*a, implementation="pallas_tpu", block_sizes=sizes))
+    with compat.abstract_device("tpu"):
+        text = f.trace(*raw).lower(lowering_platforms=("tpu",)).as_text()
+    assert "tpu_custom_call" in text
+    assert str(48 << 20) in text

@@ -11,6 +11,8 @@ import pytest
 import ecf8_jax
 from ecf8_jax.format.codebook import canonical_tables
 from pallas_kernels import compat
+from pallas_kernels.ecf8_matmul.api import ecf8_matmul
+from pallas_kernels.ecf8_matmul.config import BlockSizes
 from pallas_kernels.ecf8_matmul.pallas_gpu import tiled_matmul_gpu
 from pallas_kernels.ecf8_matmul.reference import fp8_tiled_matmul, matmul_xla
 
@@ -132,3 +134,49 @@ def test_split_k_keeps_fused_and_raw_kernels_bit_identical(split_k):
     )
     xla = np.asarray(matmul_xla(x, scale, jnp.asarray(w.view(np.uint8)), E4M3))
     np.testing.assert_allclose(np.asarray(fused), xla, rtol=1e-5, atol=1e-5)
+
+
+TRITON_CALL = "__gpu$xla.gpu.triton"  # the custom call a Pallas Triton kernel lowers to
+
+
+def _lowered_for_cuda_on_a_gpu_host(monkeypatch, implementation):
+    """``ecf8_jax.matmul`` traced as if the default backend were a GPU, lowered for CUDA."""
+    t = ecf8_jax.encode(_weight(64, 256, E4M3, seed=9), layout="tiles", chunk_steps=32)
+    x = jnp.ones((2, 64), jnp.float32)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    f = jax.jit(lambda x, t: ecf8_jax.matmul(x, t, implementation=implementation))
+    with compat.abstract_device("cuda"):
+        return f.trace(x, t).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_xla_implementation_is_xla_all_the_way_down_on_a_gpu(monkeypatch):
+    # "xla" must not reach for the Pallas decode even where the default backend has one.
+    text = _lowered_for_cuda_on_a_gpu_host(monkeypatch, "xla")
+    assert TRITON_CALL not in text
+
+
+def test_default_implementation_on_a_gpu_is_the_fused_kernel(monkeypatch):
+    text = _lowered_for_cuda_on_a_gpu_host(monkeypatch, None)
+    assert text.count(TRITON_CALL) == 1  # the fused kernel alone, no separate decode
+    assert "ecf8_matmul" in text
+
+
+def test_fused_and_raw_kernels_agree_with_explicit_block_sizes():
+    w = _weight(64, 256, E4M3, seed=10)
+    t = ecf8_jax.encode(w, layout="tiles", chunk_steps=32)
+    limits, deltas, symbols = canonical_tables(t.code_lengths, jnp)
+    x = jnp.asarray(np.random.default_rng(11).standard_normal((3, 64)), jnp.float32)
+    scale = jnp.ones((256,), jnp.float32)
+    sizes = BlockSizes(block_m=32, split_k=1)
+    got = ecf8_matmul(
+        x, scale, t.chunk_offsets, t.stream, t.signs, limits, deltas, symbols,
+        k=64, n=256, fp8_dtype=jnp.float8_e4m3fn, implementation="pallas_gpu",
+        block_sizes=sizes, interpret=ON_CPU,
+    )  # fmt: skip
+    raw = fp8_tiled_matmul(
+        x, scale, jnp.asarray(w.view(np.uint8)), steps=32, fp8_dtype=jnp.float8_e4m3fn,
+        block_sizes=sizes, interpret=ON_CPU,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(raw).view(np.uint32))
+    assert BlockSizes.get_default(m=3, k=64, steps=32) == BlockSizes(block_m=16, split_k=2)
+    assert BlockSizes.get_default(m=100, k=64, steps=32) == BlockSizes(block_m=64, split_k=1)

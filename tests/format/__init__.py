@@ -1,1 +1,0 @@
-"""Tests of the ECF8 format: encoder, codebook, validation, checksums and decoding."""

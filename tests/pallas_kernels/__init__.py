@@ -1,1 +1,0 @@
-"""Tests of the Pallas kernel packages (reference implementations and dispatch)."""
