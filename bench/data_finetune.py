@@ -28,9 +28,11 @@ Parts (``--only``):
   model size: measured per-sample time of exact LinFiK (tiny Llama, SmolLM2) and compiled FLOPs
   and memory of the per-chunk program (tiny, SmolLM2-135M, and SmolLM2-1.7B's config, lowered
   from ``jax.ShapeDtypeStruct`` parameters, never allocated; Table L3).
-- ``selection``: sparse MeZO and Adam on the top-``k`` by exact LinFiK, top-``k`` by ALinFiK
-  (student trained on a random half, applied to the whole pool), random-``k`` and
-  bottom-``k`` (Table Sel).
+- ``selection``: sparse MeZO and Adam (``--select-methods``) on the top-``k`` by exact LinFiK,
+  top-``k`` by ALinFiK (student trained on a random half, applied to the whole pool), the top
+  ``k/2`` by exact LinFiK of each label, random-``k`` and bottom-``k`` (Table Sel).
+  ``--linfik-cache FILE`` keeps the pool's exact LinFiK values, so that the parts can run in
+  separate processes.
 - ``oat``: OAT-Rephrase. The rewriter (SmolLM2-Instruct with ECF8 weights) writes ``--oat-k``
   sampled rephrasings of each of ``--oat-instances`` pool sentences (prompt
   :data:`training.rephrase.REWRITER_SYSTEM`); the judge (ECF8 MiniLM cosine ≥
@@ -128,6 +130,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--linfik-mode", default="vjp", choices=["jvp", "vjp"],
                    help="exact LinFiK in forward or reverse mode (jvp ran out of memory on SmolLM2's sparse delta)")  # fmt: skip
     g.add_argument("--oat-cache", default=None, help="oat: JSON file keeping the rephrasings")
+    g.add_argument("--linfik-cache", default=None,
+                   help="linfik / selection: JSON file keeping the pool's exact LinFiK values")  # fmt: skip
+    g.add_argument("--select-methods", nargs="+", default=["mezo", "adam"],
+                   choices=["mezo", "adam"], help="selection: the trainers run on each subset")  # fmt: skip
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
@@ -226,6 +232,18 @@ def concat(*parts):
     width = max(p[0].shape[1] for p in parts)
     tokens = np.concatenate([np.pad(p[0], ((0, 0), (0, width - p[0].shape[1]))) for p in parts])
     return (tokens, *(np.concatenate([p[i] for p in parts]) for i in (1, 2)))
+
+
+def balanced_top_k(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` highest-valued samples, an equal share from each label (the first labels take
+    the remainder): raw top-``k`` by LinFiK can come from one label alone."""
+    classes = np.unique(labels)
+    out = []
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        take = k // len(classes) + (i < k % len(classes))
+        out.append(members[valuation.top_k(values[members], min(take, len(members)))])
+    return np.concatenate(out)
 
 
 # --------------------------------------------------------------------------- text models
@@ -532,10 +550,22 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
         target = finetune.take(dev, np.arange(min(args.target_size, len(dev[2]))))
         start = time.perf_counter()
         tgrad = valuation.target_gradient(sparse_loss, values0, target)
-        values = valuation.linfik(
-            sparse_loss, values0, pool, target, chunk=8, target_grad=tgrad, mode=args.linfik_mode
-        )
-        exact_s = time.perf_counter() - start
+        cache = Path(args.linfik_cache) if args.linfik_cache else None
+        key = [args.model, args.tiny, seed, [x.text for x in d.pool], [x.text for x in d.dev],
+               args.target_size, args.density, args.calib_batches, args.batch, args.linfik_mode]  # fmt: skip
+        saved = json.loads(cache.read_text()) if cache is not None and cache.exists() else None
+        if saved is not None and saved["key"] == key:
+            values, exact_s = np.asarray(saved["values"], np.float64), saved["exact_s"]
+            print(f"exact LinFiK of {len(values)} samples from {cache}", flush=True)
+        else:
+            values = valuation.linfik(
+                sparse_loss, values0, pool, target, chunk=8, target_grad=tgrad,
+                mode=args.linfik_mode,
+            )  # fmt: skip
+            exact_s = time.perf_counter() - start
+            if cache is not None:
+                text = json.dumps(dict(key=key, values=values.tolist(), exact_s=exact_s))
+                cache.write_text(text)
         print(f"exact LinFiK on {len(values)} samples: {exact_s:.0f} s", flush=True)
         features = np.concatenate(
             [TextModels(d).embed([x.text for x in d.pool]), np.eye(2)[pool[2]].astype(np.float32)],
@@ -655,6 +685,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
         subsets = {
             f"top-{k} LinFiK": valuation.top_k(values, k),
             f"top-{k} ALinFiK": valuation.top_k(predicted, k),
+            f"top-{k} LinFiK per label": balanced_top_k(values, pool[2], k),
             f"random-{k}": np.random.default_rng(seed + 11).permutation(len(values))[:k],
             f"bottom-{k} LinFiK": valuation.top_k(-values, k),
         }
@@ -663,34 +694,36 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
             extra = dict(
                 positive_share=float(np.mean(data[2])), mean_value=float(values[idx].mean())
             )
-            p, wall, losses = train_mezo(data, args.select_steps, seed)
-            emit(
-                "selection",
-                quality(
-                    f"MeZO sparse {100 * args.density:g} %",
-                    name,
-                    p,
-                    wall,
-                    losses,
-                    args.select_steps,
-                    lr_mezo,
-                    **extra,
-                ),
-            )
-            p, wall, losses = train_adam(data, args.select_adam_steps, seed)
-            emit(
-                "selection",
-                quality(
-                    "Adam (first order)",
-                    name,
-                    p,
-                    wall,
-                    losses,
-                    args.select_adam_steps,
-                    lr_adam,
-                    **extra,
-                ),
-            )
+            if "mezo" in args.select_methods:
+                p, wall, losses = train_mezo(data, args.select_steps, seed)
+                emit(
+                    "selection",
+                    quality(
+                        f"MeZO sparse {100 * args.density:g} %",
+                        name,
+                        p,
+                        wall,
+                        losses,
+                        args.select_steps,
+                        lr_mezo,
+                        **extra,
+                    ),
+                )
+            if "adam" in args.select_methods:
+                p, wall, losses = train_adam(data, args.select_adam_steps, seed)
+                emit(
+                    "selection",
+                    quality(
+                        "Adam (first order)",
+                        name,
+                        p,
+                        wall,
+                        losses,
+                        args.select_adam_steps,
+                        lr_adam,
+                        **extra,
+                    ),
+                )
 
     if "oat" in wanted:
         tm = TextModels(d)
