@@ -159,52 +159,28 @@ class Data:
     """
 
     def __init__(self, args: argparse.Namespace):
-        model, encode, name = (
-            finetune.tiny_model(args.seeds[0]) if args.tiny else finetune.smollm2_float(args.model)
-        )
-        self.tiny = args.tiny
-        self.gguf = None
-        if args.tiny:
-            self.decode = lambda ids: " ".join(f"w{int(i)}" for i in ids)
-        else:
-            from pathlib import Path
-
-            from ecf8_jax.io import gguf as gguf_io
-            from ecf8_jax.io.gguf_tokenizer import gguf_tokenizer
-
-            self.gguf = gguf_io.smollm2_gguf_path() if args.model is None else Path(args.model)
-            tok = gguf_tokenizer(self.gguf)
-            self.decode = lambda ids: tok.decode([int(i) for i in ids])
-        self.encode = encode
-        self.config = model.config
-        label_ids = sentences.label_token_ids(encode)
-        if label_ids is None:
-            raise ValueError(f"{name}: the label words are not one token each")
+        loaded = finetune.load_model(args.model, tiny=args.tiny, seed=args.seeds[0])
+        self.tiny, self.gguf = loaded.tiny, loaded.gguf
+        self.encode, self.decode = loaded.encode, loaded.decode
+        self.config = loaded.model.config
         splits = sentences.load()
-        rng = np.random.default_rng(0)
-        order = rng.permutation(len(splits["train"]))[: args.pool]
+        order = np.random.default_rng(0).permutation(len(splits["train"]))[: args.pool]
         self.pool = [splits["train"][i] for i in order]
         dev_order = np.random.default_rng(1).permutation(len(splits["dev"]))
         test_order = np.random.default_rng(2).permutation(len(splits["test"]))
         self.dev = [splits["dev"][i] for i in dev_order[: args.dev_words]]
         self.test = [splits["test"][i] for i in test_order[: args.test_words]]
-        self.width = 8 + max(
-            len(encode(sentences.prompt(x.text))) for x in self.pool + self.dev + self.test
-        )
-        data = {k: self.arrays(v, label_ids) for k, v in (("train", self.pool), ("dev", self.dev))}
-        data["test"] = self.arrays(self.test, label_ids)
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        self.s = finetune.Setup(name, graphdef, params, rest, label_ids, data, [])
+        # 8 tokens of room: most rephrasings fit the same shape (fewer compilations).
+        self.s = finetune.load_setup(
+            sentences, {"train": self.pool, "dev": self.dev, "test": self.test}, loaded,
+            extra_width=8,
+        )  # fmt: skip
+        self.width = self.s.data["train"][0].shape[1]
 
-    def arrays(self, items, label_ids=None):
+    def arrays(self, items):
         """``(tokens, last, labels)`` of sentences, padded to the common width or, for longer
         prompts (rephrasings), to their own."""
-        label_ids = self.s.label_ids if label_ids is None else label_ids
-        b = sentences.make_prompt_batch(items, self.encode, label_ids, None)
-        tokens = b.tokens
-        if tokens.shape[1] < self.width:
-            tokens = np.pad(tokens, ((0, 0), (0, self.width - tokens.shape[1])))
-        return tokens, b.last, b.labels
+        return finetune.prompt_arrays(sentences, items, self.encode, self.s.label_ids, self.width)
 
 
 def mean_loss(loss_fn, params, data) -> float:
@@ -452,13 +428,12 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
         for _ in range(args.calib_batches)
     ]
     mask = training.gradient_mask(finetune.lm_loss_fn(s), s.params, calib, args.density)
-    sparse = finetune.SparseDelta.from_mask(mask)
+    sparse = training.MaskedEntries.from_mask(mask)
     del mask
     base, values0 = s.params, sparse.values(s.params)
     print(f"mask: {sparse.count:,} entries in {time.perf_counter() - start:.0f} s", flush=True)
-
-    def sparse_loss(values, arrays):
-        return loss_fn(sparse.merge(base, values), arrays)
+    sparse_loss = sparse.loss(loss_fn, base)
+    z = training.Perturbation(args.distribution)  # of every ZO estimate here
 
     lr_mezo, lr_adam = args.lr_sparse[0], args.lr_adam[0]
     zero_shot_test = finetune.accuracy(correct_fn, s.params, test)
@@ -590,18 +565,14 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
             num_samples=args.zo_directions,
             eps=args.eps,
             chunk=8,
-            distribution=args.distribution,
+            perturbation=z,
         )
         zo_s = time.perf_counter() - start
         keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.key(seed + 7), k))(
             jnp.arange(args.zo_directions)
         )
         gradip_t = np.asarray(
-            jax.jit(
-                jax.vmap(
-                    lambda k: training.zo_directional(tgrad, k, distribution=args.distribution)
-                )
-            )(keys)
+            jax.jit(jax.vmap(lambda k: training.zo_directional(tgrad, k, perturbation=z)))(keys)
         )
         estimates = {f"exact ({args.linfik_mode})": (v, None)}
         ks = sorted({max(1, args.zo_directions // 4), args.zo_directions})
