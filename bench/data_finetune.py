@@ -483,7 +483,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
             steps=steps,
             lr=lr,
             wall_s=wall,
-            loss_path=f"{np.mean(losses[:10]):.3f} → {np.mean(losses[-10:]):.3f}",
+            loss_path=finetune.loss_path(losses),
             dev_acc=finetune.accuracy(correct_fn, params, dev),
             test_acc=finetune.accuracy(correct_fn, params, test),
             **extra,
@@ -801,7 +801,7 @@ QUALITY = [
     ("steps", "steps", ""),
     ("lr", "lr", ".0e"),
     ("wall_s", "train wall s", ".0f"),
-    ("loss_path", "train loss, first → last 10", ""),
+    ("loss_path", "train loss, first → last 10 steps (halves under 20)", ""),
     ("dev_acc", "dev acc", ".3f"),
     ("test_acc", "test acc", ".3f"),
 ]

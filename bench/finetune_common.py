@@ -373,6 +373,13 @@ def run_adam(loss_fn, params, data, *, steps, batch, lr, seed):
     return params, _wall(start, steps), losses
 
 
+def loss_path(losses: Sequence[float]) -> str:
+    """``"first → last"``: mean training loss of the first and of the last 10 steps (of the first
+    and second half for runs under 20 steps, so that the two never overlap)."""
+    k = max(1, min(10, len(losses) // 2))
+    return f"{np.mean(losses[:k]):.3f} → {np.mean(losses[-k:]):.3f}"
+
+
 def markdown_table(rows: Sequence[dict], columns) -> str:
     """A markdown table of ``rows``; missing values print as ``n/a``."""
     lines = ["| " + " | ".join(c[1] for c in columns) + " |"]
