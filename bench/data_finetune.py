@@ -17,7 +17,8 @@ base); Adam trains all parameters.
 
 Parts (``--only``):
 
-- ``sentences``: zero-shot, sparse MeZO and Adam on the whole pool (Table S).
+- ``sentences``: zero-shot, sparse MeZO and Adam (``--sentence-methods``) on the whole pool
+  (Table S).
 - ``linfik``: exact LinFiK (``training.valuation.linfik``, target = the dev batch) on the pool;
   the ground truth ``ΔL_dev`` of one SGD step on each of ``--probe`` samples at step sizes
   ``c / max|v|`` for ``c`` in ``--linfik-scales`` (so the first-order change is at most ``c``);
@@ -132,6 +133,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--oat-cache", default=None, help="oat: JSON file keeping the rephrasings")
     g.add_argument("--linfik-cache", default=None,
                    help="linfik / selection: JSON file keeping the pool's exact LinFiK values")  # fmt: skip
+    g.add_argument("--sentence-methods", nargs="+", default=["mezo", "adam"],
+                   choices=["mezo", "adam"], help="sentences: the trainers run on the pool")  # fmt: skip
     g.add_argument("--select-methods", nargs="+", default=["mezo", "adam"],
                    choices=["mezo", "adam"], help="selection: the trainers run on each subset")  # fmt: skip
 
@@ -421,18 +424,20 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
                 f.write(render(tables, args) + "\n")
 
     # The sparse subspace (bench.finetune's mezo-sparse): a mask from a label-free LM loss.
-    start = time.perf_counter()
-    rng = np.random.default_rng(1234)
-    calib = [
-        finetune.take(pool, rng.choice(len(pool[2]), args.batch, replace=False))
-        for _ in range(args.calib_batches)
-    ]
-    mask = training.gradient_mask(finetune.lm_loss_fn(s), s.params, calib, args.density)
-    sparse = training.MaskedEntries.from_mask(mask)
-    del mask
-    base, values0 = s.params, sparse.values(s.params)
-    print(f"mask: {sparse.count:,} entries in {time.perf_counter() - start:.0f} s", flush=True)
-    sparse_loss = sparse.loss(loss_fn, base)
+    # Every part but Adam alone on the sentences needs it.
+    if wanted - {"sentences"} or "mezo" in args.sentence_methods:
+        start = time.perf_counter()
+        rng = np.random.default_rng(1234)
+        calib = [
+            finetune.take(pool, rng.choice(len(pool[2]), args.batch, replace=False))
+            for _ in range(args.calib_batches)
+        ]
+        mask = training.gradient_mask(finetune.lm_loss_fn(s), s.params, calib, args.density)
+        sparse = training.MaskedEntries.from_mask(mask)
+        del mask
+        base, values0 = s.params, sparse.values(s.params)
+        print(f"mask: {sparse.count:,} entries in {time.perf_counter() - start:.0f} s", flush=True)
+        sparse_loss = sparse.loss(loss_fn, base)
     z = training.Perturbation(args.distribution)  # of every ZO estimate here
 
     lr_mezo, lr_adam = args.lr_sparse[0], args.lr_adam[0]
@@ -500,7 +505,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
     for part in ("sentences", "selection", "oat"):  # every quality table starts from zero-shot
         if part in wanted:
             emit(part, dict(zero_shot))
-    if "sentences" in wanted:
+    if "sentences" in wanted and "mezo" in args.sentence_methods:
         p, wall, losses = train_mezo(pool, args.steps, seed)
         emit(
             "sentences",
@@ -514,6 +519,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
                 lr_mezo,
             ),
         )
+    if "sentences" in wanted and "adam" in args.sentence_methods:
         p, wall, losses = train_adam(pool, args.adam_steps, seed)
         emit(
             "sentences",
