@@ -17,7 +17,8 @@ base); Adam trains all parameters.
 
 Parts (``--only``):
 
-- ``sentences``: zero-shot, sparse MeZO and Adam on the whole pool (Table S).
+- ``sentences``: zero-shot, sparse MeZO and Adam (``--sentence-methods``) on the whole pool
+  (Table S).
 - ``linfik``: exact LinFiK (``training.valuation.linfik``, target = the dev batch) on the pool;
   the ground truth ``ΔL_dev`` of one SGD step on each of ``--probe`` samples at step sizes
   ``c / max|v|`` for ``c`` in ``--linfik-scales`` (so the first-order change is at most ``c``);
@@ -28,9 +29,11 @@ Parts (``--only``):
   model size: measured per-sample time of exact LinFiK (tiny Llama, SmolLM2) and compiled FLOPs
   and memory of the per-chunk program (tiny, SmolLM2-135M, and SmolLM2-1.7B's config, lowered
   from ``jax.ShapeDtypeStruct`` parameters, never allocated; Table L3).
-- ``selection``: sparse MeZO and Adam on the top-``k`` by exact LinFiK, top-``k`` by ALinFiK
-  (student trained on a random half, applied to the whole pool), random-``k`` and
-  bottom-``k`` (Table Sel).
+- ``selection``: sparse MeZO and Adam (``--select-methods``) on the top-``k`` by exact LinFiK,
+  top-``k`` by ALinFiK (student trained on a random half, applied to the whole pool), the top
+  ``k/2`` by exact LinFiK of each label, random-``k`` and bottom-``k`` (Table Sel).
+  ``--linfik-cache FILE`` keeps the pool's exact LinFiK values, so that the parts can run in
+  separate processes.
 - ``oat``: OAT-Rephrase. The rewriter (SmolLM2-Instruct with ECF8 weights) writes ``--oat-k``
   sampled rephrasings of each of ``--oat-instances`` pool sentences (prompt
   :data:`training.rephrase.REWRITER_SYSTEM`); the judge (ECF8 MiniLM cosine ≥
@@ -128,6 +131,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--linfik-mode", default="vjp", choices=["jvp", "vjp"],
                    help="exact LinFiK in forward or reverse mode (jvp ran out of memory on SmolLM2's sparse delta)")  # fmt: skip
     g.add_argument("--oat-cache", default=None, help="oat: JSON file keeping the rephrasings")
+    g.add_argument("--linfik-cache", default=None,
+                   help="linfik / selection: JSON file keeping the pool's exact LinFiK values")  # fmt: skip
+    g.add_argument("--sentence-methods", nargs="+", default=["mezo", "adam"],
+                   choices=["mezo", "adam"], help="sentences: the trainers run on the pool")  # fmt: skip
+    g.add_argument("--select-methods", nargs="+", default=["mezo", "adam"],
+                   choices=["mezo", "adam"], help="selection: the trainers run on each subset")  # fmt: skip
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
@@ -153,52 +162,28 @@ class Data:
     """
 
     def __init__(self, args: argparse.Namespace):
-        model, encode, name = (
-            finetune.tiny_model(args.seeds[0]) if args.tiny else finetune.smollm2_float(args.model)
-        )
-        self.tiny = args.tiny
-        self.gguf = None
-        if args.tiny:
-            self.decode = lambda ids: " ".join(f"w{int(i)}" for i in ids)
-        else:
-            from pathlib import Path
-
-            from ecf8_jax.io import gguf as gguf_io
-            from ecf8_jax.io.gguf_tokenizer import gguf_tokenizer
-
-            self.gguf = gguf_io.smollm2_gguf_path() if args.model is None else Path(args.model)
-            tok = gguf_tokenizer(self.gguf)
-            self.decode = lambda ids: tok.decode([int(i) for i in ids])
-        self.encode = encode
-        self.config = model.config
-        label_ids = sentences.label_token_ids(encode)
-        if label_ids is None:
-            raise ValueError(f"{name}: the label words are not one token each")
+        loaded = finetune.load_model(args.model, tiny=args.tiny, seed=args.seeds[0])
+        self.tiny, self.gguf = loaded.tiny, loaded.gguf
+        self.encode, self.decode = loaded.encode, loaded.decode
+        self.config = loaded.model.config
         splits = sentences.load()
-        rng = np.random.default_rng(0)
-        order = rng.permutation(len(splits["train"]))[: args.pool]
+        order = np.random.default_rng(0).permutation(len(splits["train"]))[: args.pool]
         self.pool = [splits["train"][i] for i in order]
         dev_order = np.random.default_rng(1).permutation(len(splits["dev"]))
         test_order = np.random.default_rng(2).permutation(len(splits["test"]))
         self.dev = [splits["dev"][i] for i in dev_order[: args.dev_words]]
         self.test = [splits["test"][i] for i in test_order[: args.test_words]]
-        self.width = 8 + max(
-            len(encode(sentences.prompt(x.text))) for x in self.pool + self.dev + self.test
-        )
-        data = {k: self.arrays(v, label_ids) for k, v in (("train", self.pool), ("dev", self.dev))}
-        data["test"] = self.arrays(self.test, label_ids)
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        self.s = finetune.Setup(name, graphdef, params, rest, label_ids, data, [])
+        # 8 tokens of room: most rephrasings fit the same shape (fewer compilations).
+        self.s = finetune.load_setup(
+            sentences, {"train": self.pool, "dev": self.dev, "test": self.test}, loaded,
+            extra_width=8,
+        )  # fmt: skip
+        self.width = self.s.data["train"][0].shape[1]
 
-    def arrays(self, items, label_ids=None):
+    def arrays(self, items):
         """``(tokens, last, labels)`` of sentences, padded to the common width or, for longer
         prompts (rephrasings), to their own."""
-        label_ids = self.s.label_ids if label_ids is None else label_ids
-        b = sentences.make_prompt_batch(items, self.encode, label_ids, None)
-        tokens = b.tokens
-        if tokens.shape[1] < self.width:
-            tokens = np.pad(tokens, ((0, 0), (0, self.width - tokens.shape[1])))
-        return tokens, b.last, b.labels
+        return finetune.prompt_arrays(sentences, items, self.encode, self.s.label_ids, self.width)
 
 
 def mean_loss(loss_fn, params, data) -> float:
@@ -226,6 +211,18 @@ def concat(*parts):
     width = max(p[0].shape[1] for p in parts)
     tokens = np.concatenate([np.pad(p[0], ((0, 0), (0, width - p[0].shape[1]))) for p in parts])
     return (tokens, *(np.concatenate([p[i] for p in parts]) for i in (1, 2)))
+
+
+def balanced_top_k(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` highest-valued samples, an equal share from each label (the first labels take
+    the remainder): raw top-``k`` by LinFiK can come from one label alone."""
+    classes = np.unique(labels)
+    out = []
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        take = k // len(classes) + (i < k % len(classes))
+        out.append(members[valuation.top_k(values[members], min(take, len(members)))])
+    return np.concatenate(out)
 
 
 # --------------------------------------------------------------------------- text models
@@ -427,20 +424,21 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
                 f.write(render(tables, args) + "\n")
 
     # The sparse subspace (bench.finetune's mezo-sparse): a mask from a label-free LM loss.
-    start = time.perf_counter()
-    rng = np.random.default_rng(1234)
-    calib = [
-        finetune.take(pool, rng.choice(len(pool[2]), args.batch, replace=False))
-        for _ in range(args.calib_batches)
-    ]
-    mask = training.gradient_mask(finetune.lm_loss_fn(s), s.params, calib, args.density)
-    sparse = finetune.SparseDelta.from_mask(mask)
-    del mask
-    base, values0 = s.params, sparse.values(s.params)
-    print(f"mask: {sparse.count:,} entries in {time.perf_counter() - start:.0f} s", flush=True)
-
-    def sparse_loss(values, arrays):
-        return loss_fn(sparse.merge(base, values), arrays)
+    # Every part but Adam alone on the sentences needs it.
+    if wanted - {"sentences"} or "mezo" in args.sentence_methods:
+        start = time.perf_counter()
+        rng = np.random.default_rng(1234)
+        calib = [
+            finetune.take(pool, rng.choice(len(pool[2]), args.batch, replace=False))
+            for _ in range(args.calib_batches)
+        ]
+        mask = training.gradient_mask(finetune.lm_loss_fn(s), s.params, calib, args.density)
+        sparse = training.MaskedEntries.from_mask(mask)
+        del mask
+        base, values0 = s.params, sparse.values(s.params)
+        print(f"mask: {sparse.count:,} entries in {time.perf_counter() - start:.0f} s", flush=True)
+        sparse_loss = sparse.loss(loss_fn, base)
+    z = training.Perturbation(args.distribution)  # of every ZO estimate here
 
     lr_mezo, lr_adam = args.lr_sparse[0], args.lr_adam[0]
     zero_shot_test = finetune.accuracy(correct_fn, s.params, test)
@@ -490,7 +488,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
             steps=steps,
             lr=lr,
             wall_s=wall,
-            loss_path=f"{np.mean(losses[:10]):.3f} → {np.mean(losses[-10:]):.3f}",
+            loss_path=finetune.loss_path(losses),
             dev_acc=finetune.accuracy(correct_fn, params, dev),
             test_acc=finetune.accuracy(correct_fn, params, test),
             **extra,
@@ -507,7 +505,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
     for part in ("sentences", "selection", "oat"):  # every quality table starts from zero-shot
         if part in wanted:
             emit(part, dict(zero_shot))
-    if "sentences" in wanted:
+    if "sentences" in wanted and "mezo" in args.sentence_methods:
         p, wall, losses = train_mezo(pool, args.steps, seed)
         emit(
             "sentences",
@@ -521,6 +519,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
                 lr_mezo,
             ),
         )
+    if "sentences" in wanted and "adam" in args.sentence_methods:
         p, wall, losses = train_adam(pool, args.adam_steps, seed)
         emit(
             "sentences",
@@ -532,10 +531,22 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
         target = finetune.take(dev, np.arange(min(args.target_size, len(dev[2]))))
         start = time.perf_counter()
         tgrad = valuation.target_gradient(sparse_loss, values0, target)
-        values = valuation.linfik(
-            sparse_loss, values0, pool, target, chunk=8, target_grad=tgrad, mode=args.linfik_mode
-        )
-        exact_s = time.perf_counter() - start
+        cache = Path(args.linfik_cache) if args.linfik_cache else None
+        key = [args.model, args.tiny, seed, [x.text for x in d.pool], [x.text for x in d.dev],
+               args.target_size, args.density, args.calib_batches, args.batch, args.linfik_mode]  # fmt: skip
+        saved = json.loads(cache.read_text()) if cache is not None and cache.exists() else None
+        if saved is not None and saved["key"] == key:
+            values, exact_s = np.asarray(saved["values"], np.float64), saved["exact_s"]
+            print(f"exact LinFiK of {len(values)} samples from {cache}", flush=True)
+        else:
+            values = valuation.linfik(
+                sparse_loss, values0, pool, target, chunk=8, target_grad=tgrad,
+                mode=args.linfik_mode,
+            )  # fmt: skip
+            exact_s = time.perf_counter() - start
+            if cache is not None:
+                text = json.dumps(dict(key=key, values=values.tolist(), exact_s=exact_s))
+                cache.write_text(text)
         print(f"exact LinFiK on {len(values)} samples: {exact_s:.0f} s", flush=True)
         features = np.concatenate(
             [TextModels(d).embed([x.text for x in d.pool]), np.eye(2)[pool[2]].astype(np.float32)],
@@ -560,18 +571,14 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
             num_samples=args.zo_directions,
             eps=args.eps,
             chunk=8,
-            distribution=args.distribution,
+            perturbation=z,
         )
         zo_s = time.perf_counter() - start
         keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.key(seed + 7), k))(
             jnp.arange(args.zo_directions)
         )
         gradip_t = np.asarray(
-            jax.jit(
-                jax.vmap(
-                    lambda k: training.zo_directional(tgrad, k, distribution=args.distribution)
-                )
-            )(keys)
+            jax.jit(jax.vmap(lambda k: training.zo_directional(tgrad, k, perturbation=z)))(keys)
         )
         estimates = {f"exact ({args.linfik_mode})": (v, None)}
         ks = sorted({max(1, args.zo_directions // 4), args.zo_directions})
@@ -655,6 +662,7 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
         subsets = {
             f"top-{k} LinFiK": valuation.top_k(values, k),
             f"top-{k} ALinFiK": valuation.top_k(predicted, k),
+            f"top-{k} LinFiK per label": balanced_top_k(values, pool[2], k),
             f"random-{k}": np.random.default_rng(seed + 11).permutation(len(values))[:k],
             f"bottom-{k} LinFiK": valuation.top_k(-values, k),
         }
@@ -663,34 +671,36 @@ def run(args: argparse.Namespace, wanted: set[str]) -> dict[str, list[dict]]:
             extra = dict(
                 positive_share=float(np.mean(data[2])), mean_value=float(values[idx].mean())
             )
-            p, wall, losses = train_mezo(data, args.select_steps, seed)
-            emit(
-                "selection",
-                quality(
-                    f"MeZO sparse {100 * args.density:g} %",
-                    name,
-                    p,
-                    wall,
-                    losses,
-                    args.select_steps,
-                    lr_mezo,
-                    **extra,
-                ),
-            )
-            p, wall, losses = train_adam(data, args.select_adam_steps, seed)
-            emit(
-                "selection",
-                quality(
-                    "Adam (first order)",
-                    name,
-                    p,
-                    wall,
-                    losses,
-                    args.select_adam_steps,
-                    lr_adam,
-                    **extra,
-                ),
-            )
+            if "mezo" in args.select_methods:
+                p, wall, losses = train_mezo(data, args.select_steps, seed)
+                emit(
+                    "selection",
+                    quality(
+                        f"MeZO sparse {100 * args.density:g} %",
+                        name,
+                        p,
+                        wall,
+                        losses,
+                        args.select_steps,
+                        lr_mezo,
+                        **extra,
+                    ),
+                )
+            if "adam" in args.select_methods:
+                p, wall, losses = train_adam(data, args.select_adam_steps, seed)
+                emit(
+                    "selection",
+                    quality(
+                        "Adam (first order)",
+                        name,
+                        p,
+                        wall,
+                        losses,
+                        args.select_adam_steps,
+                        lr_adam,
+                        **extra,
+                    ),
+                )
 
     if "oat" in wanted:
         tm = TextModels(d)
@@ -797,7 +807,7 @@ QUALITY = [
     ("steps", "steps", ""),
     ("lr", "lr", ".0e"),
     ("wall_s", "train wall s", ".0f"),
-    ("loss_path", "train loss, first → last 10", ""),
+    ("loss_path", "train loss, first → last 10 steps (halves under 20)", ""),
     ("dev_acc", "dev acc", ".3f"),
     ("test_acc", "test acc", ".3f"),
 ]

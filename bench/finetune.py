@@ -72,7 +72,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 import training
 from bench.common import add_json_arg, run_metadata, write_json
@@ -81,26 +80,27 @@ from bench.finetune_common import (  # noqa: F401 - re-exported for the benches 
     _STEP_CACHE,
     DATA_PARTS,
     EVAL_BATCH,
+    POLARITY_WORDS,
+    TINY_POLARITY_WORDS,
     PyTree,
     Setup,
-    SparseDelta,
     _jitted,
     _wall,
     accuracy,
     last_logits,
     lm_loss_fn,
+    load_model,
     markdown_table,
+    polarity_setup,
     run_adam,
     run_mezo,
     sample_batches,
-    smollm2_float,
     take,
     task_fns,
     tiny_model,
     toy_encode,
 )
-from training import meerkat
-from training.tasks import polarity
+from training import MaskedEntries, choose_learning_rate, meerkat
 
 DEFAULTS = dict(  # the settings of the recorded CPU runs (see the module docstring)
     steps=250,
@@ -114,7 +114,7 @@ DEFAULTS = dict(  # the settings of the recorded CPU runs (see the module docstr
     calib_batches=8,
     scale_batches=16,
     scale_probes=16,
-    dev_words=200,
+    **POLARITY_WORDS,
     clients=4,
     rounds=10,
     local_steps=5,
@@ -130,9 +130,7 @@ TINY = dict(
     calib_batches=1,
     scale_batches=3,
     scale_probes=2,
-    dev_words=16,
-    test_words=24,
-    train_words=64,
+    **TINY_POLARITY_WORDS,
     clients=2,
     rounds=2,
     local_steps=2,
@@ -143,36 +141,11 @@ TINY = dict(
 
 
 def setup(args: argparse.Namespace) -> Setup:
-    """Loads the model and tokenizes the three splits."""
-    model, encode, name = tiny_model(args.seeds[0]) if args.tiny else smollm2_float(args.model)
-    label_ids = polarity.label_token_ids(encode)
-    if label_ids is None:
-        raise ValueError(f"{name}: the label words are not one token each; not supported here")
-    splits = polarity.load()
-    limits = {"train": args.train_words, "dev": args.dev_words, "test": args.test_words}
-    splits = {k: v if limits[k] is None else v[: limits[k]] for k, v in splits.items()}
-    if args.tiny:  # a balanced, shuffled subset (the splits are sorted by word)
-        rng = np.random.default_rng(0)
-        full = polarity.load()
-        splits = {
-            k: [full[k][i] for i in rng.permutation(len(full[k]))[: len(v)]]
-            for k, v in splits.items()
-        }
-    width = max(
-        len(encode(polarity.PROMPT.format(word=e.word))) for v in splits.values() for e in v
+    """Loads the model and tokenizes the three splits (``finetune_common.polarity_setup``)."""
+    loaded = load_model(args.model, tiny=args.tiny, seed=args.seeds[0])
+    return polarity_setup(
+        loaded, train_words=args.train_words, dev_words=args.dev_words, test_words=args.test_words
     )
-    data = {}
-    for k, v in splits.items():
-        b = polarity.make_prompt_batch(v, encode, label_ids, width)
-        data[k] = (b.tokens, b.last, b.labels)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    bad = [x.dtype for x in jax.tree.leaves(params) if not jnp.issubdtype(x.dtype, jnp.floating)]
-    if bad:
-        raise ValueError(f"{name}: non-float parameters {bad}")
-    return Setup(name, graphdef, params, rest, label_ids, data, splits["train"])
-
-
-# --------------------------------------------------------------------------- sparse delta
 
 
 # --------------------------------------------------------------------------- training runs
@@ -213,10 +186,12 @@ def zo_scale(loss_fn, params, data, *, batch, batches, probes, eps, lr, seed, di
     gradient_sq = (summed - sq) / (batches * (batches - 1))
     batch_sq = sq / batches
 
+    z = training.Perturbation(distribution)
+
     @jax.jit
     def differences(p, arrays, key):
-        up = loss_fn(training.perturb(p, key, eps, distribution=distribution), arrays)
-        down = loss_fn(training.perturb(p, key, -eps, distribution=distribution), arrays)
+        up = loss_fn(training.perturb(p, key, eps, perturbation=z), arrays)
+        down = loss_fn(training.perturb(p, key, -eps, perturbation=z), arrays)
         return (up - down) / (2 * eps), (up + down - 2 * loss_fn(p, arrays)) / eps**2
 
     root = jax.random.key(seed + 1)
@@ -462,8 +437,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.only and set(args.only) & set(DATA_PARTS) and set(args.only) - set(DATA_PARTS):
         p.error(f"run {', '.join(DATA_PARTS)} separately from the polarity parts")
     base = dict(DEFAULTS, **TINY) if args.tiny else dict(DEFAULTS)
-    base.setdefault("train_words", None)
-    base.setdefault("test_words", None)
     for k, v in base.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
@@ -517,21 +490,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
 
     def choose(name, lrs, train_fn, steps, trainable, seed):
         """Trains at each lr, keeps the best on dev, reports its test accuracy."""
-        best = None
-        for lr in lrs:
+
+        def train(lr):
             curve = []
 
-            def probe(t, p, tag=f"{name} lr {lr:g}", curve=curve):
+            def probe(t, p, tag=f"{name} lr {lr:g}"):
                 acc = accuracy(correct_fn, p, dev)
                 curve.append(dict(step=t, dev_acc=acc))
                 print(f"  {tag} step {t}: dev {acc:.3f}", flush=True)
 
-            params, wall, losses = train_fn(lr, probe)
-            dev_acc = accuracy(correct_fn, params, dev)
-            print(f"  {name} seed {seed} lr {lr:g}: dev {dev_acc:.3f}, wall {wall}", flush=True)
-            if best is None or dev_acc > best[1]:
-                best = (lr, dev_acc, params, wall, losses, curve)
-        lr, dev_acc, params, wall, losses, curve = best
+            return (*train_fn(lr, probe), curve)  # (params, wall, losses, curve)
+
+        def report(lr, dev_acc, result):
+            print(
+                f"  {name} seed {seed} lr {lr:g}: dev {dev_acc:.3f}, wall {result[1]}", flush=True
+            )
+
+        choice = choose_learning_rate(
+            train, lrs, lambda r: accuracy(correct_fn, r[0], dev), on_trial=report
+        )
+        lr, dev_acc, (params, wall, losses, curve) = choice[:3]
         return dict(
             method=name,
             seed=seed,
@@ -571,14 +549,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
             for _ in range(args.calib_batches)
         ]
         mask = training.gradient_mask(lm_loss_fn(s), s.params, calib, args.density)
-        sparse = SparseDelta.from_mask(mask)
+        sparse = MaskedEntries.from_mask(mask)
         del mask
         base = s.params
         values0 = sparse.values(base)
         print(f"mask: {sparse.count:,} entries in {time.perf_counter() - start:.0f} s", flush=True)
 
-        def sparse_loss(values, arrays):
-            return loss_fn(sparse.merge(base, values), arrays)
+        sparse_loss = sparse.loss(loss_fn, base)
 
     if "scale" in wanted:
         for name, fn, p0, lr, count in (

@@ -1,6 +1,10 @@
-"""What the fine-tuning benchmarks share: the task setup, model loading, evaluation and the
-MeZO / Adam runners (``bench.finetune`` for the polarity task, ``bench.data_finetune`` for the
-sentence task import them from here, so neither imports the other)."""
+"""What the fine-tuning benchmarks share: the one data loader (model, tokenizer and a task's
+splits as token arrays: :func:`load_setup`), evaluation and the MeZO / Adam runners.
+
+``bench.finetune`` (polarity), ``bench.data_finetune`` (sentences) and ``bench.training``
+(``--llama``) load through here, so none imports another. The reusable training pieces live in
+``training``: :class:`training.MaskedEntries` (a mask's entries as trainable vectors over the
+frozen model) and :func:`training.choose_learning_rate`."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from flax import nnx
 
 import training
 from ecf8_jax.nn.stack import scan_layers
+from training import MaskedEntries  # noqa: F401 - the benches' sparse subspace
 from training.tasks import polarity
 
 PyTree = Any
@@ -51,6 +56,129 @@ class Setup:
     train_examples: list[polarity.Example]
 
 
+@dataclasses.dataclass
+class LoadedModel:
+    """A float model and its tokenizer, as :func:`load_model` returns them.
+
+    Attributes:
+      model: the Flax NNX Llama (float32).
+      encode, decode: ``encode(text) -> list[int]``, ``decode(ids) -> str``.
+      name: model description.
+      gguf: the GGUF file (``None`` for the tiny model).
+      tiny: the random tiny Llama with the toy tokenizer.
+    """
+
+    model: Any
+    encode: Callable[[str], list[int]]
+    decode: Callable[[Sequence[int]], str]
+    name: str
+    gguf: Any
+    tiny: bool
+
+
+def load_model(model_path: str | None = None, *, tiny: bool = False, seed: int = 0) -> LoadedModel:
+    """SmolLM2-135M (or the GGUF at ``model_path``) dequantized to float32, or with ``tiny``
+    the random 2-layer Llama and its toy tokenizer (``decode`` then writes ``w<id>`` words)."""
+    if tiny:
+        model, encode, name = tiny_model(seed)
+        return LoadedModel(
+            model, encode, lambda ids: " ".join(f"w{int(i)}" for i in ids), name, None, True
+        )
+    from pathlib import Path
+
+    from ecf8_jax.io import gguf as gguf_io
+    from ecf8_jax.io.gguf_tokenizer import gguf_tokenizer
+
+    path = gguf_io.smollm2_gguf_path() if model_path is None else Path(model_path)
+    model = gguf_io.load_gguf_llama(path, cast=None)
+    tok = gguf_tokenizer(path)
+    return LoadedModel(
+        model,
+        lambda text: tok.encode(text).ids,
+        lambda ids: tok.decode([int(i) for i in ids]),
+        f"{path.name} dequantized to float32",
+        path,
+        False,
+    )
+
+
+def prompt_arrays(task, items, encode, label_ids, width: int | None = None):
+    """``(tokens, last, labels)`` numpy arrays of ``items`` in ``task``'s prompt format
+    (:mod:`training.tasks.polarity` or :mod:`training.tasks.sentences`), right-padded with 0 to
+    ``width`` (at least; longer prompts keep their own width)."""
+    b = task.make_prompt_batch(items, encode, label_ids, None)
+    tokens = b.tokens
+    if width is not None and tokens.shape[1] < width:
+        tokens = np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])))
+    return tokens, b.last, b.labels
+
+
+def load_setup(
+    task,
+    splits: dict[str, list],
+    loaded: LoadedModel,
+    *,
+    extra_width: int = 0,
+) -> Setup:
+    """The one data loader of the fine-tuning benches: ``loaded``'s model split for training
+    and ``task``'s ``splits`` as token arrays of one padded width.
+
+    Args:
+      task: :mod:`training.tasks.polarity` or :mod:`training.tasks.sentences` (anything with
+        ``label_token_ids(encode)`` and ``make_prompt_batch(items, encode, label_ids, width)``).
+      splits: ``{"train": items, "dev": items, "test": items}``, already cut and ordered.
+      loaded: from :func:`load_model`.
+      extra_width: padding beyond the longest prompt (room for longer texts in the same
+        shape, e.g. rephrasings).
+
+    Raises:
+      ValueError: the label words are not one token each, or a parameter is not float.
+    """
+    label_ids = task.label_token_ids(loaded.encode)
+    if label_ids is None:
+        raise ValueError(f"{loaded.name}: the label words are not one token each")
+    data = {k: prompt_arrays(task, v, loaded.encode, label_ids) for k, v in splits.items()}
+    width = max(a[0].shape[1] for a in data.values()) + extra_width
+    data = {
+        k: (np.pad(t, ((0, 0), (0, width - t.shape[1]))), l, y) for k, (t, l, y) in data.items()
+    }
+    graphdef, params, rest = nnx.split(loaded.model, nnx.Param, ...)
+    bad = [x.dtype for x in jax.tree.leaves(params) if not jnp.issubdtype(x.dtype, jnp.floating)]
+    if bad:
+        raise ValueError(f"{loaded.name}: non-float parameters {bad}")
+    return Setup(
+        loaded.name, graphdef, params, rest, label_ids, data, list(splits.get("train", []))
+    )
+
+
+POLARITY_WORDS = dict(train_words=None, dev_words=200, test_words=None)
+"""The polarity words ``bench.finetune`` uses by default (None: the whole split)."""
+TINY_POLARITY_WORDS = dict(train_words=64, dev_words=16, test_words=24)
+"""... and with ``--tiny`` (a shuffled subset: the splits are sorted by word)."""
+
+
+def polarity_setup(
+    loaded: LoadedModel,
+    *,
+    train_words: int | None = None,
+    dev_words: int | None = None,
+    test_words: int | None = None,
+) -> Setup:
+    """The word-polarity task (:mod:`training.tasks.polarity`) on ``loaded``: the first
+    ``*_words`` words of each split (all for None); with the tiny model a random subset of that
+    size, so that both labels occur."""
+    full = polarity.load()
+    limits = {"train": train_words, "dev": dev_words, "test": test_words}
+    splits = {k: v if limits[k] is None else v[: limits[k]] for k, v in full.items()}
+    if loaded.tiny:  # a balanced, shuffled subset (the splits are sorted by word)
+        rng = np.random.default_rng(0)
+        splits = {
+            k: [full[k][i] for i in rng.permutation(len(full[k]))[: len(v)]]
+            for k, v in splits.items()
+        }
+    return load_setup(polarity, splits, loaded)
+
+
 def toy_encode(vocab_size: int) -> Callable[[str], list[int]]:
     """A word-level toy tokenizer: each whitespace-separated piece (with its leading space) is
     one token, id from a hash (so the label words are one token each, as in SmolLM2)."""
@@ -81,19 +209,6 @@ def tiny_model(seed: int = 0):
     )
     model = LlamaForCausalLM(config, nnx.Rngs(seed), fp8=False)
     return model, toy_encode(config.vocab_size), "tiny random Llama (2 x 64, float32)"
-
-
-def smollm2_float(model_path: str | None):
-    """SmolLM2-135M (or another Llama GGUF) dequantized to float32, and its tokenizer."""
-    from pathlib import Path
-
-    from ecf8_jax.io import gguf as gguf_io
-    from ecf8_jax.io.gguf_tokenizer import gguf_tokenizer
-
-    path = gguf_io.smollm2_gguf_path() if model_path is None else Path(model_path)
-    model = gguf_io.load_gguf_llama(path, cast=None)
-    tok = gguf_tokenizer(path)
-    return model, (lambda s: tok.encode(s).ids), f"{path.name} dequantized to float32"
 
 
 def last_logits(model, tokens: jax.Array, last: jax.Array) -> jax.Array:
@@ -168,41 +283,6 @@ def _jitted(fn):
     return _JIT_CACHE[id(fn)][1]
 
 
-@dataclasses.dataclass
-class SparseDelta:
-    """The masked entries of a parameter tree as trainable vectors over a frozen base.
-
-    Attributes:
-      index: per leaf, the flat indices the mask selects (leaves with none are frozen whole).
-      count: how many entries are trainable.
-    """
-
-    index: list[np.ndarray]
-    count: int
-
-    @classmethod
-    def from_mask(cls, mask: PyTree) -> SparseDelta:
-        idx = [np.flatnonzero(np.asarray(m)).astype(np.int32) for m in jax.tree.leaves(mask)]
-        return cls(idx, int(sum(len(i) for i in idx)))
-
-    def values(self, params: PyTree) -> dict[str, jax.Array]:
-        """The trainable vectors (float32), keyed by leaf number."""
-        leaves = jax.tree.leaves(params)
-        return {
-            f"{i:04d}": jnp.ravel(leaves[i])[idx] for i, idx in enumerate(self.index) if len(idx)
-        }
-
-    def merge(self, base: PyTree, values: dict[str, jax.Array]) -> PyTree:
-        """``base`` with the trainable entries replaced by ``values``."""
-        leaves, treedef = jax.tree.flatten(base)
-        out = []
-        for i, (leaf, idx) in enumerate(zip(leaves, self.index, strict=True)):
-            if len(idx):
-                leaf = jnp.ravel(leaf).at[idx].set(values[f"{i:04d}"]).reshape(leaf.shape)
-            out.append(leaf)
-        return jax.tree.unflatten(treedef, out)
-
-
 def sample_batches(n_train: int, batch: int, steps: int, seed: int) -> np.ndarray:
     """``[steps, batch]`` training indices (each step without replacement)."""
     rng = np.random.default_rng(seed)
@@ -236,9 +316,8 @@ def run_mezo(
     tx = training.zo_sgd(lr)
     cache_key = (id(loss_fn), lr, eps, distribution)
     if cache_key not in _STEP_CACHE:  # one compilation per loss, lr, eps and z distribution
-        step = training.mezo_step(
-            loss_fn, tx, eps=eps, distribution=distribution, return_projected_grad=True
-        )
+        z = training.Perturbation(distribution)
+        step = training.mezo_step(loss_fn, tx, eps=eps, perturbation=z, return_projected_grad=True)
         _STEP_CACHE[cache_key] = (loss_fn, step)
     step = _STEP_CACHE[cache_key][1]
     params = jax.tree.map(jnp.array, params)  # the step donates its input
@@ -292,6 +371,13 @@ def run_adam(loss_fn, params, data, *, steps, batch, lr, seed):
         if t == 0:
             start = time.perf_counter()
     return params, _wall(start, steps), losses
+
+
+def loss_path(losses: Sequence[float]) -> str:
+    """``"first → last"``: mean training loss of the first and of the last 10 steps (of the first
+    and second half for runs under 20 steps, so that the two never overlap)."""
+    k = max(1, min(10, len(losses) // 2))
+    return f"{np.mean(losses[:k]):.3f} → {np.mean(losses[-k:]):.3f}"
 
 
 def markdown_table(rows: Sequence[dict], columns) -> str:

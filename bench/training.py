@@ -238,11 +238,13 @@ def llama_rows(
     largest tensor, the tied embedding, is 0.21 of the parameters) or ``"tiny"`` (the random
     2-layer Llama of ``bench.finetune --tiny``, for tests).
     """
-    from bench import finetune
+    from bench import finetune_common as ft
 
-    s = finetune.setup(finetune.parse_args(["--tiny"] if which == "tiny" else []))
-    loss_fn, _ = finetune.task_fns(s)
-    data = finetune.take(s.data["train"], np.arange(batch))
+    tiny = which == "tiny"
+    words = ft.TINY_POLARITY_WORDS if tiny else ft.POLARITY_WORDS
+    s = ft.polarity_setup(ft.load_model(tiny=tiny), **words)
+    loss_fn, _ = ft.task_fns(s)
+    data = ft.take(s.data["train"], np.arange(batch))
     rows = bench_programs(s.params, loss_fn, data, repeats, chunk_size, programs)
     model = dict(model=f"{s.name}, b{batch}", layers=None, width=None)
     return [dict(row, **model, batch=batch) for row in rows]

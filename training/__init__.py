@@ -10,9 +10,14 @@ calls the user's ``loss_fn(params, batch)``.
   (``in_place=True``: the forward pass's memory, with a rounding drift); :func:`fit` runs it and
   logs ``(step, g)``; :func:`replay` rebuilds the trained parameters bit for bit from that log.
 - Masks (:mod:`training.masks`): train only a sparse subset (by magnitude, at random, or by
-  squared gradient on calibration data) and the weight-decay mask.
+  squared gradient on calibration data), :class:`MaskedEntries` (a mask's entries as small
+  dense vectors over the frozen parameters) and the weight-decay mask.
+- :func:`choose_learning_rate` (:mod:`training.tuning`): one run per learning rate, the best
+  on a held-out score kept.
 - :mod:`training.perturb`: the definition of z (Gaussian, or Rademacher with
-  ``distribution="rademacher"``), regenerated from a key, leaf by leaf.
+  ``distribution="rademacher"``), regenerated from a key, leaf by leaf; :class:`Perturbation`
+  (distribution, chunk size, mask) is that definition as one object, passed whole to the
+  estimate, the update and the replay so that they cannot disagree.
 - :mod:`training.meerkat`: federated sparse ZO (Meerkat) simulated with ``jax.vmap`` clients.
 - :mod:`training.federated`: the same programs over Flower's gRPC transport, a server and K
   client processes (the ``federated`` extra; not imported here).
@@ -24,6 +29,7 @@ calls the user's ``loss_fn(params, batch)``.
 from training import meerkat
 from training.masks import (
     DEFAULT_DENSITY,
+    MaskedEntries,
     decay_mask,
     gradient_mask,
     magnitude_mask,
@@ -50,9 +56,11 @@ from training.perturb import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DISTRIBUTION,
     DISTRIBUTIONS,
+    Perturbation,
     perturb,
     perturbation,
 )
+from training.tuning import LearningRateChoice, choose_learning_rate
 
 __all__ = [
     "CPU_LEAN_COMPILER_OPTIONS",
@@ -60,6 +68,10 @@ __all__ = [
     "DEFAULT_DENSITY",
     "DEFAULT_DISTRIBUTION",
     "DISTRIBUTIONS",
+    "LearningRateChoice",
+    "MaskedEntries",
+    "Perturbation",
+    "choose_learning_rate",
     "decay_mask",
     "fit",
     "gradient_mask",

@@ -45,11 +45,7 @@ import optax
 
 from training.masks import mask_count
 from training.mezo import mezo_value_and_grad, zo_directional, zo_update
-from training.perturb import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_DISTRIBUTION,
-    check_distribution,
-)
+from training.perturb import Perturbation, as_perturbation
 
 PyTree = Any
 Array = jax.Array
@@ -205,24 +201,25 @@ def meerkat_programs(
     *,
     num_clients: int,
     local_steps: int,
-    mask: PyTree,
     eps: float,
     learning_rate: float,
     root_key: Array,
+    perturbation: Perturbation | None = None,
+    mask: PyTree | None = None,
     pretrain_grad: PyTree | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     sequential_clients: bool = False,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    distribution: str | None = None,
 ) -> MeerkatPrograms:
     """Builds the jitted client, server and GradIP programs of :func:`federated_mezo`.
 
     Args are those of :func:`federated_mezo`; ``params`` only gives the optimizer state's
     structure (plain SGD: empty). Returns a :class:`MeerkatPrograms`.
     """
-    kw = dict(mask=mask, chunk_size=chunk_size, distribution=check_distribution(distribution))
-    grad_fn = mezo_value_and_grad(loss_fn, eps=eps, **kw)
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
+    grad_fn = mezo_value_and_grad(loss_fn, eps=eps, perturbation=pz)
     tx = optax.sgd(learning_rate)  # stateless: one init state serves every client and step
-    update, sgd_state = zo_update(tx, **kw), tx.init(params)
+    update, sgd_state = zo_update(tx, perturbation=pz), tx.init(params)
 
     def local_path(theta, batches, round_, client):
         def body(p, xs):
@@ -288,14 +285,7 @@ def meerkat_programs(
                     jnp.arange(local_steps, dtype=jnp.uint32)
                 )
                 dots = jax.lax.map(
-                    lambda k: zo_directional(
-                        pretrain_grad,
-                        k,
-                        mask=mask,
-                        chunk_size=chunk_size,
-                        distribution=distribution,
-                    ),
-                    keys,
+                    lambda k: zo_directional(pretrain_grad, k, perturbation=pz), keys
                 )
                 return jnp.mean(g_row * dots)
 
@@ -317,17 +307,18 @@ def federated_mezo(
     params: PyTree,
     client_batches: Any,
     *,
-    mask: PyTree,
     eps: float,
     learning_rate: float,
     root_key: Array,
+    perturbation: Perturbation | None = None,
+    mask: PyTree | None = None,
     pretrain_grad: PyTree | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     keep_client_params: bool = False,
     early_stop: EarlyStop | None = None,
     server_replay: bool = True,
     sequential_clients: bool = False,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    distribution: str | None = None,
     on_round: Callable[[int, PyTree, int], None] | None = None,
 ) -> FederatedResult:
     """Simulates Meerkat: K clients, masked ZO-SGD locally, scalar uplink, server replay.
@@ -337,12 +328,14 @@ def federated_mezo(
       params: initial (pre-trained) parameters, shared by all clients.
       client_batches: a pytree of arrays with leading axes ``[rounds, clients, local_steps]``
         (then the batch's own axes): client ``k``'s batch for local step ``t`` of round ``r``.
-      mask: the static trainable mask (e.g. :func:`training.gradient_mask`).
       eps: perturbation scale ε.
       learning_rate: η of the local ZO-SGD steps.
       root_key: step keys come from :func:`client_key`.
+      perturbation: the definition of z, a :class:`training.Perturbation`, whose ``mask`` is
+        the static trainable mask (e.g. :func:`training.gradient_mask`); clients, server and
+        GradIP all draw z from it.
+      mask, chunk_size, distribution: instead of ``perturbation``, its fields loose.
       pretrain_grad: ``jax.grad`` of the pre-training loss at ``params`` (for GradIP), or None.
-      chunk_size: z chunk size.
       keep_client_params: store each round's client parameters in its :class:`RoundLog`.
       early_stop: Meerkat-vp; stopped clients neither train, send nor count in the average
         (needs ``pretrain_grad``).
@@ -354,8 +347,6 @@ def federated_mezo(
       sequential_clients: run the clients one after another (``lax.map``) instead of side by
         side (``jax.vmap``): the same steps, with the temporaries of one client at a time (a
         full-parameter run of K clients under ``vmap`` holds K perturbed copies of the model).
-      distribution: the distribution of z, ``"normal"`` (MeZO's) or ``"rademacher"`` (see
-        :func:`training.mezo_step`); clients, server and GradIP all use it.
       on_round: called after every round as ``on_round(round, server_params, bytes)`` with the
         bytes communicated so far (uplink + downlink), e.g. to trace accuracy against bytes.
 
@@ -366,19 +357,18 @@ def federated_mezo(
     if len(leading) != 1 or len(next(iter(leading))) != 3:
         raise ValueError(f"client_batches leaves need [rounds, clients, steps, ...], got {leading}")
     num_rounds, num_clients, local_steps = next(iter(leading))
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
     programs = meerkat_programs(
         loss_fn,
         params,
         num_clients=num_clients,
         local_steps=local_steps,
-        mask=mask,
         eps=eps,
         learning_rate=learning_rate,
         root_key=root_key,
+        perturbation=pz,
         pretrain_grad=pretrain_grad,
-        chunk_size=chunk_size,
         sequential_clients=sequential_clients,
-        distribution=distribution,
     )
     run_clients, server, gradip = programs.run_clients, programs.server, programs.gradip
     average_finals = programs.average
@@ -405,7 +395,7 @@ def federated_mezo(
         n_active = int(active.sum())
         uplink += BYTES_PER_SCALAR * local_steps * n_active
         downlink += BYTES_PER_SCALAR * local_steps * n_active * n_active
-        dense += 2 * 4 * mask_count(mask, params) * n_active
+        dense += 2 * 4 * mask_count(pz.mask, params) * n_active
         if on_round is not None:
             on_round(r, params, uplink + downlink)
         if early_stop is not None:
@@ -427,11 +417,12 @@ def virtual_paths(
     projected_grads: np.ndarray,
     *,
     round_: int,
-    mask: PyTree,
     learning_rate: float,
     root_key: Array,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    perturbation: Perturbation | None = None,
+    mask: PyTree | None = None,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
 ) -> PyTree:
     """The server's replay of one round: every client's parameters from its scalars alone.
 
@@ -439,14 +430,15 @@ def virtual_paths(
       params: the server parameters at the start of the round.
       projected_grads: ``[clients, local_steps]`` from :class:`RoundLog`.
       round_: the round number (part of the keys).
-      mask, learning_rate, root_key, chunk_size, distribution: as in :func:`federated_mezo`.
+      learning_rate, root_key, perturbation (or mask, chunk_size, distribution): as in
+        :func:`federated_mezo`.
 
     Returns:
       A pytree like ``params`` with a leading ``[clients]`` axis.
     """
     tx = optax.sgd(learning_rate)
-    kw = dict(mask=mask, chunk_size=chunk_size, distribution=check_distribution(distribution))
-    update, sgd_state = zo_update(tx, **kw), tx.init(params)
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
+    update, sgd_state = zo_update(tx, perturbation=pz), tx.init(params)
     num_clients, local_steps = np.shape(projected_grads)
 
     def path(gs, client):

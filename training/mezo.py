@@ -44,10 +44,9 @@ import numpy as np
 import optax
 
 from training.perturb import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_DISTRIBUTION,
     Z_DTYPE,
-    check_distribution,
+    Perturbation,
+    as_perturbation,
     map_with_z,
     mask_leaves,
     perturb,
@@ -110,9 +109,10 @@ def mezo_value_and_grad(
     *,
     eps: float,
     num_samples: int = 1,
+    perturbation: Perturbation | None = None,
     mask: PyTree | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
 ) -> Callable[[PyTree, Any, Array], tuple[Array, Array]]:
     """Zeroth-order counterpart of ``jax.value_and_grad``: loss and projected gradient(s).
 
@@ -121,11 +121,12 @@ def mezo_value_and_grad(
       eps: the perturbation scale ε (MeZO's default for full fine-tuning: 1e-3).
       num_samples: perturbations averaged per step (n-SPSA); sample ``i`` uses
         ``fold_in(key, i)``. ``1`` uses ``key`` itself.
-      mask: optional trainable mask with the structure of ``params`` (bool leaves or bool
-        arrays); z is 0 outside it, so only masked entries are perturbed.
-      chunk_size: elements per z chunk (part of the z definition, see :mod:`training.perturb`).
-      distribution: ``"normal"`` (MeZO's Gaussian z, default) or ``"rademacher"`` (±1 signs,
-        much cheaper to draw on CPU); see :mod:`training.perturb`.
+      perturbation: the definition of z, a :class:`training.Perturbation`: its
+        ``distribution`` (``"normal"``, MeZO's Gaussian z, the default, or ``"rademacher"``, ±1
+        signs, much cheaper to draw on CPU), ``chunk_size`` and trainable ``mask`` (z is 0
+        outside it, so only masked entries are perturbed). Pass the same object to the update
+        (:func:`zo_gradient`, :func:`zo_update`) and to :func:`replay`.
+      mask, chunk_size, distribution: instead of ``perturbation``, its fields loose.
 
     Returns:
       ``grad_fn(params, batch, key) -> (loss, projected_grad)``: ``loss`` is the mean of
@@ -143,12 +144,12 @@ def mezo_value_and_grad(
     _check_eps(eps)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    kw = dict(mask=mask, chunk_size=chunk_size, distribution=check_distribution(distribution))
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
 
     def two_point(params, batch, key):
-        loss_plus = loss_fn(perturb(params, key, eps, **kw), batch)
+        loss_plus = loss_fn(perturb(params, key, eps, perturbation=pz), batch)
         key_minus = _after(key, loss_plus)
-        loss_minus = loss_fn(perturb(params, key_minus, -eps, **kw), batch)
+        loss_minus = loss_fn(perturb(params, key_minus, -eps, perturbation=pz), batch)
         loss_plus = jnp.asarray(loss_plus, Z_DTYPE)
         loss_minus = jnp.asarray(loss_minus, Z_DTYPE)
         g = (loss_plus - loss_minus) / (2 * eps)
@@ -177,9 +178,10 @@ def zo_gradient(
     key: Array,
     params: PyTree,
     *,
+    perturbation: Perturbation | None = None,
     mask: PyTree | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
 ) -> PyTree:
     """The gradient estimate ``g·z`` as a pytree like ``params``, z regenerated from ``key``.
 
@@ -188,15 +190,14 @@ def zo_gradient(
         ``num_samples = n`` (z_i from ``fold_in(key, i)``; the result is ``(1/n) Σ g_i z_i``).
       key: the key the projected gradient was computed with.
       params: the parameters (shapes and dtypes of the result).
-      mask: the trainable mask used for the estimate (zeros outside it).
-      chunk_size: must match the one used for the estimate.
-      distribution: must match the one used for the estimate.
+      perturbation: the :class:`training.Perturbation` of the estimate (zeros outside its mask).
+      mask, chunk_size, distribution: instead of ``perturbation``, its fields loose.
 
     Returns:
       A pytree of ``params``' structure; each leaf in the leaf's dtype, computed in float32.
     """
     g = jnp.asarray(projected_grad, Z_DTYPE)
-    kw = dict(mask=mask, chunk_size=chunk_size, distribution=check_distribution(distribution))
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
 
     def scaled(scale):
         def one(p, z, m):
@@ -210,13 +211,13 @@ def zo_gradient(
         return jax.tree.map(lambda u, p: u.astype(jnp.result_type(p)), tree, params)
 
     if g.ndim == 0:
-        return cast(map_with_z(scaled(g), key, params, **kw))
+        return cast(map_with_z(scaled(g), key, params, pz))
     if g.ndim != 1:
         raise ValueError(f"projected_grad must be a scalar or a vector, got shape {g.shape}")
     n = g.shape[0]
 
     def body(i, acc):
-        term = map_with_z(scaled(g[i]), jax.random.fold_in(key, i), params, **kw)
+        term = map_with_z(scaled(g[i]), jax.random.fold_in(key, i), params, pz)
         return jax.tree.map(jnp.add, acc, term)
 
     zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), Z_DTYPE), params)
@@ -228,11 +229,14 @@ def zo_directional(
     tree: PyTree,
     key: Array,
     *,
+    perturbation: Perturbation | None = None,
     mask: PyTree | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
 ) -> Array:
-    """``⟨tree, z⟩`` for the z of ``key`` (regenerated, zero outside ``mask``): float32 scalar.
+    """``⟨tree, z⟩`` for the z of ``key`` (regenerated, zero outside the mask): float32 scalar.
+
+    z is that of ``perturbation`` (or the loose ``mask``, ``chunk_size``, ``distribution``).
 
     With ``tree`` an exact gradient this is the projected gradient a two-point estimate measures
     along the same z, up to O(ε²). Meerkat's GradIP and LinFiK's ZO estimator
@@ -243,9 +247,7 @@ def zo_directional(
         lambda g, z, m: jnp.zeros((), Z_DTYPE) if z is None else g.astype(Z_DTYPE) * z,
         key,
         tree,
-        mask=mask,
-        chunk_size=chunk_size,
-        distribution=check_distribution(distribution),
+        as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution),
     )
     return sum(jnp.sum(x) for x in jax.tree.leaves(products))
 
@@ -270,30 +272,26 @@ def restore_outside_mask(new_params: PyTree, params: PyTree, mask: PyTree | None
 def zo_update(
     tx: optax.GradientTransformation,
     *,
+    perturbation: Perturbation | None = None,
     mask: PyTree | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
 ) -> Callable[[PyTree, Any, Array, Array], tuple[PyTree, Any]]:
     """The update half of a MeZO step: ``(params, opt_state, g, key) -> (params, opt_state)``.
 
-    The estimate :func:`zo_gradient` goes through ``tx`` and ``optax.apply_updates``; entries
-    outside ``mask`` are then restored bit for bit (weight decay or ``-0.0 + 0.0`` would otherwise
-    touch them). :func:`mezo_step` and :func:`replay` share this function, which is what makes a
-    replay bit-exact. Not jitted.
+    The estimate :func:`zo_gradient` (z of ``perturbation``, a :class:`training.Perturbation`,
+    or of the loose ``mask``, ``chunk_size``, ``distribution``) goes through ``tx`` and
+    ``optax.apply_updates``; entries outside the mask are then restored bit for bit (weight
+    decay or ``-0.0 + 0.0`` would otherwise touch them). :func:`mezo_step` and :func:`replay`
+    share this function, which is what makes a replay bit-exact. Not jitted.
     """
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
 
     def update(params, opt_state, projected_grad, key):
-        grads = zo_gradient(
-            projected_grad,
-            key,
-            params,
-            mask=mask,
-            chunk_size=chunk_size,
-            distribution=distribution,
-        )
+        grads = zo_gradient(projected_grad, key, params, perturbation=pz)
         updates, opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        return restore_outside_mask(new_params, params, mask), opt_state
+        return restore_outside_mask(new_params, params, pz.mask), opt_state
 
     return update
 
@@ -304,9 +302,10 @@ def mezo_step(
     *,
     eps: float,
     num_samples: int = 1,
+    perturbation: Perturbation | None = None,
     mask: PyTree | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
     return_projected_grad: bool = False,
     in_place: bool = False,
     jit: bool = True,
@@ -321,11 +320,10 @@ def mezo_step(
         gradient. See :func:`training.zo_sgd` and :func:`training.zo_adam`.
       eps: perturbation scale ε.
       num_samples: perturbations averaged per step (n-SPSA).
-      mask: optional trainable mask (bool pytree like ``params``); only masked entries are
-        perturbed and updated, the others never change, not even by a bit.
-      chunk_size: elements per z chunk (see :mod:`training.perturb`).
-      distribution: the distribution of z, ``"normal"`` or ``"rademacher"`` (see
-        :func:`mezo_value_and_grad`).
+      perturbation: the definition of z, a :class:`training.Perturbation` (distribution, chunk
+        size, trainable mask: only masked entries are perturbed and updated, the others never
+        change, not even by a bit). Keep it for :func:`replay`.
+      mask, chunk_size, distribution: instead of ``perturbation``, its fields loose.
       return_projected_grad: also return ``g``, the one number (``num_samples`` numbers) per
         step that, with the key, reproduces the update (log it for :func:`replay`).
       in_place: opt-in memory mode (``num_samples=1`` only): perturb the donated parameters in
@@ -355,15 +353,15 @@ def mezo_step(
             params, opt_state, loss, g = step(params, opt_state, batch, step_key(root, t))
             log.append((t, g))
     """
-    kw = dict(mask=mask, chunk_size=chunk_size, distribution=distribution)
-    grad_fn = mezo_value_and_grad(loss_fn, eps=eps, num_samples=num_samples, **kw)
-    update = zo_update(tx, **kw)
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
+    grad_fn = mezo_value_and_grad(loss_fn, eps=eps, num_samples=num_samples, perturbation=pz)
+    update = zo_update(tx, perturbation=pz)
     if in_place and num_samples != 1:
         raise ValueError(f"in_place needs num_samples=1, got {num_samples}")
 
     def step(params, opt_state, batch, key):
         if in_place:
-            params, losses = _in_place_passes(params, key, eps, kw, loss_fn, batch)
+            params, losses = _in_place_passes(params, key, eps, pz, loss_fn, batch)
             loss, g = jnp.mean(losses), (losses[0] - losses[1]) / (2 * eps)
         else:
             loss, g = grad_fn(params, batch, key)
@@ -371,7 +369,7 @@ def mezo_step(
         # XLA cannot fold the estimate's constants into the update's (replay is bit-exact).
         key, g_opaque = jax.lax.optimization_barrier((key, g))
         if in_place:
-            params = perturb(params, key, eps, **kw)  # θ-εz back to ≈θ, fused into the update
+            params = perturb(params, key, eps, perturbation=pz)  # θ-εz back to ≈θ, fused in
         params, opt_state = update(params, opt_state, g_opaque, key)
         if return_projected_grad:
             return params, opt_state, loss, g
@@ -380,7 +378,7 @@ def mezo_step(
     return _jit(step, compiler_options, donate_argnums=(0, 1)) if jit else step
 
 
-def _in_place_passes(params, key, eps, kw, loss_fn=None, batch=None):
+def _in_place_passes(params, key, eps, pz, loss_fn=None, batch=None):
     """``θ+εz`` then ``-2εz``, written over ``params``; the loss after each (``loss_fn`` given).
 
     A two-iteration loop carries the parameters, so XLA writes each perturbation into the
@@ -393,7 +391,7 @@ def _in_place_passes(params, key, eps, kw, loss_fn=None, batch=None):
         # The barrier orders this pass after the previous loss (which read the params).
         key_i, _ = jax.lax.optimization_barrier((key, losses))
         scale = jnp.where(i == 0, np.float32(eps), np.float32(-2 * eps))
-        params = perturb(params, key_i, scale, **kw)
+        params = perturb(params, key_i, scale, perturbation=pz)
         if loss_fn is not None:
             losses = losses.at[i].set(jnp.asarray(loss_fn(params, batch), Z_DTYPE))
         return params, losses
@@ -421,9 +419,10 @@ def replay(
     tx: optax.GradientTransformation,
     *,
     root_key: Array,
+    perturbation: Perturbation | None = None,
     mask: PyTree | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
     opt_state: Any = None,
     in_place_eps: float | None = None,
     compiler_options: Mapping[str, Any] | None = None,
@@ -432,8 +431,7 @@ def replay(
 
     No forward pass is run: step ``t`` regenerates its z from ``fold_in(root_key, t)`` and
     applies ``g_t·z`` through ``tx`` exactly as :func:`mezo_step` did, so the result matches the
-    trained parameters bit for bit (same ``tx``, ``mask``, ``chunk_size``, ``distribution`` and
-    backend).
+    trained parameters bit for bit (same ``tx``, :class:`training.Perturbation` and backend).
 
     Args:
       params0: the parameters before the first logged step (not modified).
@@ -442,9 +440,8 @@ def replay(
         kept exactly (float64 storage is exact).
       tx: the Optax transformation used in training.
       root_key: the key the step keys were folded from.
-      mask: the trainable mask used in training.
-      chunk_size: the z chunk size used in training.
-      distribution: the z distribution used in training.
+      perturbation: the :class:`training.Perturbation` of the training run.
+      mask, chunk_size, distribution: instead of ``perturbation``, its fields loose.
       opt_state: optimizer state before the first logged step (default ``tx.init(params0)``).
       in_place_eps: for a run trained with ``mezo_step(..., in_place=True)``, its ``eps``: each
         step then repeats the in-place ``+εz, -2εz, +εz`` round trip before the update.
@@ -453,15 +450,15 @@ def replay(
     Returns:
       ``(params, opt_state)`` after the last logged step.
     """
-    kw = dict(mask=mask, chunk_size=chunk_size, distribution=distribution)
-    zo = zo_update(tx, **kw)
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
+    zo = zo_update(tx, perturbation=pz)
     if in_place_eps is not None:
         _check_eps(in_place_eps)
 
         def zo(params, opt_state, projected_grad, key, _update=zo):
-            params, _ = _in_place_passes(params, key, in_place_eps, kw)
+            params, _ = _in_place_passes(params, key, in_place_eps, pz)
             key, projected_grad = jax.lax.optimization_barrier((key, projected_grad))
-            params = perturb(params, key, in_place_eps, **kw)
+            params = perturb(params, key, in_place_eps, perturbation=pz)
             return _update(params, opt_state, projected_grad, key)
 
     update = _jit(zo, compiler_options, donate_argnums=(0, 1))

@@ -23,7 +23,8 @@ the gradient (Rademacher is Spall's original SPSA; its ``|z|² = d`` exactly, wh
 estimate's variance slightly lower). Rademacher is about 20 times cheaper to draw on a CPU (32
 signs per hash instead of one hash and an inverse erf per element), which is most of a step's
 time there; on a GPU both are cheap next to the forward passes. A log must be replayed with the
-distribution (and chunk size) it was trained with.
+distribution, chunk size and mask it was trained with: :class:`Perturbation` holds the three,
+and every consumer of z takes it whole.
 
 z is always float32, whatever the leaf dtype; a leaf whose mask is the Python value ``False`` is
 frozen and draws nothing. Keys may be raw ``PRNGKey`` arrays or typed ``jax.random.key`` arrays.
@@ -41,6 +42,7 @@ CPU (a rolled loop whose state is three times the draw). Other PRNG implementati
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +72,92 @@ def check_distribution(distribution: str) -> str:
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
     return distribution
+
+
+def check_chunk_size(chunk_size: int) -> int:
+    """``chunk_size``, after checking it is in ``[1, 2**32)``."""
+    if not 1 <= chunk_size < 2**32:
+        raise ValueError(f"chunk_size must be in [1, 2**32), got {chunk_size}")
+    return chunk_size
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Perturbation:
+    """Everything that defines z besides the key: one object for estimate, update and replay.
+
+    A MeZO run draws z in three places (the ``θ ± εz`` forward passes, the ``g·z`` update, and
+    any later replay of its log, on this machine or a federated server); all three must draw the
+    same z. Built once and passed whole (``perturbation=``) to :func:`perturb`,
+    :func:`perturbation`, :func:`training.mezo_value_and_grad`, :func:`training.zo_gradient`,
+    :func:`training.zo_update`, :func:`training.mezo_step`, :func:`training.replay`, the
+    Meerkat programs and :func:`training.valuation.linfik_zo`, they cannot disagree. Those
+    functions also accept the loose keywords ``mask=``, ``chunk_size=``, ``distribution=``
+    (shorthand for ``Perturbation(distribution, chunk_size, mask)``), but never both forms in
+    one call.
+
+    Attributes:
+      distribution: ``"normal"`` (MeZO's Gaussian z, the default) or ``"rademacher"`` (±1
+        signs; see the module docstring).
+      chunk_size: elements per z chunk; each chunk of a leaf draws from its own key (part of
+        the definition of z).
+      mask: ``None`` (every entry trainable) or a pytree with the structure of the parameters,
+        of Python/numpy bools (whole leaves) or bool arrays broadcastable to the leaves
+        (:func:`mask_leaves`): z is 0 outside it, and the MeZO update leaves those entries
+        unchanged, bit for bit.
+
+    Frozen and compared by identity (the mask may hold arrays); ``dataclasses.replace`` makes a
+    variant.
+
+    Example::
+
+        p = training.Perturbation("rademacher", mask=mask)
+        step = training.mezo_step(loss_fn, tx, eps=1e-3, perturbation=p)
+        ...
+        params, _ = training.replay(params0, log, tx, root_key=root, perturbation=p)
+    """
+
+    distribution: str = DEFAULT_DISTRIBUTION
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    mask: PyTree | None = None
+
+    def __post_init__(self):
+        check_distribution(self.distribution)
+        check_chunk_size(self.chunk_size)
+
+    def __repr__(self) -> str:
+        mask = "None" if self.mask is None else f"<{len(jax.tree.leaves(self.mask))} leaves>"
+        return (
+            f"Perturbation(distribution={self.distribution!r}, chunk_size={self.chunk_size}, "
+            f"mask={mask})"
+        )
+
+
+def as_perturbation(
+    perturbation: Perturbation | None = None,
+    *,
+    mask: PyTree | None = None,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
+) -> Perturbation:
+    """The :class:`Perturbation` of a call: ``perturbation``, or one built from the loose keywords.
+
+    Raises:
+      TypeError: both forms were given, or ``perturbation`` is not a :class:`Perturbation`.
+    """
+    loose = {
+        k: v
+        for k, v in (("mask", mask), ("chunk_size", chunk_size), ("distribution", distribution))
+        if v is not None
+    }
+    if perturbation is None:
+        return Perturbation(**loose)
+    if not isinstance(perturbation, Perturbation):
+        raise TypeError(f"perturbation must be a Perturbation, got {type(perturbation).__name__}")
+    if loose:
+        raise TypeError(
+            f"pass z's settings whole (perturbation=) or loose ({', '.join(loose)}=), not both"
+        )
+    return perturbation
 
 
 def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
@@ -195,8 +283,7 @@ def leaf_map(
     Returns:
       An array of ``x``'s shape and the dtype ``fn`` returns.
     """
-    if not 1 <= chunk_size < 2**32:
-        raise ValueError(f"chunk_size must be in [1, 2**32), got {chunk_size}")
+    check_chunk_size(chunk_size)
     check_distribution(distribution)
     shape = jnp.shape(x)
     n = int(np.prod(shape, dtype=np.int64))
@@ -261,28 +348,31 @@ def map_with_z(
     fn: Callable[[Array, Array | None, Any], Array],
     key: Array,
     params: PyTree,
+    perturbation: Perturbation | None = None,
     *,
     mask: PyTree | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
 ) -> PyTree:
     """``fn(leaf, z_leaf, mask_leaf)`` for every leaf, z regenerated leaf by leaf.
 
-    ``z_leaf`` is already masked, and ``None`` for a leaf frozen by a Python ``False`` in the mask
-    (nothing drawn); ``mask_leaf`` is that leaf's entry of :func:`mask_leaves`. ``fn`` must be
-    elementwise: it is applied chunk by chunk (see :func:`leaf_map`). Returns the pytree of
-    results.
+    z is that of ``perturbation`` (a :class:`Perturbation`, or the loose ``mask``,
+    ``chunk_size``, ``distribution``). ``z_leaf`` is already masked, and ``None`` for a leaf
+    frozen by a Python ``False`` in the mask (nothing drawn); ``mask_leaf`` is that leaf's entry
+    of :func:`mask_leaves`. ``fn`` must be elementwise: it is applied chunk by chunk (see
+    :func:`leaf_map`). Returns the pytree of results.
     """
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
     leaves, treedef = jax.tree.flatten(params)
     check_float_leaves(params)
-    masks = mask_leaves(mask, params)
+    masks = mask_leaves(pz.mask, params)
     out = []
     for i, (p, m) in enumerate(zip(leaves, masks)):
         if m is False:
             out.append(fn(p, None, m))
         else:
             leaf_key = jax.random.fold_in(key, i)
-            out.append(leaf_map(fn, p, leaf_key, m, chunk_size, distribution))
+            out.append(leaf_map(fn, p, leaf_key, m, pz.chunk_size, pz.distribution))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -290,9 +380,10 @@ def perturbation(
     key: Array,
     params: PyTree,
     *,
+    perturbation: Perturbation | None = None,
     mask: PyTree | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
 ) -> PyTree:
     """The perturbation z for ``key``, materialised (for tests, analysis and small models).
 
@@ -300,20 +391,16 @@ def perturbation(
       key: the step's key (``jax.random.fold_in(root_key, step)``), or one sample's key
         ``fold_in(step_key, i)`` when several samples are averaged.
       params: the parameter pytree (only shapes are used).
-      mask: optional trainable mask (see :func:`mask_leaves`); z is 0 outside it.
-      chunk_size: elements per chunk; must match the value used in training.
-      distribution: ``"normal"`` or ``"rademacher"``; must match the value used in training.
+      perturbation: the :class:`Perturbation` of the run (distribution, chunk size, mask; z is
+        0 outside the mask).
+      mask, chunk_size, distribution: instead of ``perturbation``, its fields loose.
 
     Returns:
       A float32 pytree with the structure and shapes of ``params``.
     """
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
     return map_with_z(
-        lambda p, z, m: jnp.zeros(jnp.shape(p), Z_DTYPE) if z is None else z,
-        key,
-        params,
-        mask=mask,
-        chunk_size=chunk_size,
-        distribution=distribution,
+        lambda p, z, m: jnp.zeros(jnp.shape(p), Z_DTYPE) if z is None else z, key, params, pz
     )
 
 
@@ -322,14 +409,17 @@ def perturb(
     key: Array,
     scale: float | Array,
     *,
+    perturbation: Perturbation | None = None,
     mask: PyTree | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
 ) -> PyTree:
     """``θ + scale·z`` leaf by leaf, computed in float32 and cast back to each leaf's dtype.
 
+    z is that of ``perturbation`` (or the loose ``mask``, ``chunk_size``, ``distribution``).
     Entries outside the mask are returned unchanged (bit for bit).
     """
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
 
     def one(p, z, m):
         if z is None:
@@ -337,4 +427,4 @@ def perturb(
         moved = (p.astype(Z_DTYPE) + scale * z).astype(p.dtype)
         return moved if m is True else jnp.where(m, moved, p)
 
-    return map_with_z(one, key, params, mask=mask, chunk_size=chunk_size, distribution=distribution)
+    return map_with_z(one, key, params, pz)

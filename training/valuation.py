@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from training.mezo import lean_compiler_options, mezo_value_and_grad, zo_directional
-from training.perturb import DEFAULT_CHUNK_SIZE, DEFAULT_DISTRIBUTION, mask_leaves
+from training.perturb import Perturbation, as_perturbation, mask_leaves
 
 PyTree = Any
 Array = jax.Array
@@ -181,10 +181,11 @@ def linfik_zo(
     key: Array,
     num_samples: int,
     eps: float = 1e-3,
+    perturbation: Perturbation | None = None,
     mask: PyTree | None = None,
     chunk: int = 8,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    chunk_size: int | None = None,
+    distribution: str | None = None,
     target_grad: PyTree | None = None,
 ) -> ZoValues:
     """LinFiK from forward passes only: seeds and projected gradients.
@@ -196,11 +197,14 @@ def linfik_zo(
     of θ is stored beyond the perturbed copy.
 
     Args:
-      loss_fn, params, pool, target, mask, chunk: as in :func:`linfik`.
+      loss_fn, params, pool, target, chunk: as in :func:`linfik`.
       key: the root key of the directions.
       num_samples: K, the number of directions (the estimate's variance falls as 1/K).
       eps: the perturbation scale ε.
-      chunk_size, distribution: the z definition (:mod:`training.perturb`).
+      perturbation: the definition of z, a :class:`training.Perturbation` (its mask: the
+        subspace, as ``mask`` in :func:`linfik`); the same one as a MeZO run's to reuse its
+        estimates.
+      mask, chunk_size, distribution: instead of ``perturbation``, its fields loose.
       target_grad: an exact ``∇L_T``; then ``t_k = ⟨∇L_T, z_k⟩`` (GradIP,
         :func:`training.zo_directional`) instead of a two-point estimate of the target.
 
@@ -209,10 +213,10 @@ def linfik_zo(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    kw = dict(mask=mask, chunk_size=chunk_size, distribution=distribution)
-    target_fn = mezo_value_and_grad(loss_fn, eps=eps, **kw)
+    pz = as_perturbation(perturbation, mask=mask, chunk_size=chunk_size, distribution=distribution)
+    target_fn = mezo_value_and_grad(loss_fn, eps=eps, perturbation=pz)
     pool_fn = mezo_value_and_grad(
-        lambda p, c: per_sample_losses(loss_fn, p, c), eps=eps, **kw
+        lambda p, c: per_sample_losses(loss_fn, p, c), eps=eps, perturbation=pz
     )  # a vector of per-sample projected gradients per chunk
     chunks, n = _chunks(pool, chunk)
     exact = target_grad is not None
@@ -221,7 +225,7 @@ def linfik_zo(
     def directions(params, target, chunks, keys, tgrad):
         def one(key_k):
             if exact:
-                t = zo_directional(masked(tgrad, mask), key_k, **kw)
+                t = zo_directional(masked(tgrad, pz.mask), key_k, perturbation=pz)
             else:
                 t = target_fn(params, target, key_k)[1]
             gs = jax.lax.map(lambda c: pool_fn(params, c, key_k)[1], chunks)

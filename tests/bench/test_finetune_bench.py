@@ -94,7 +94,7 @@ def test_sparse_delta_changes_the_masked_entries_only(tiny_setup):
     s, _ = tiny_setup
     rng = np.random.default_rng(0)
     mask = jax.tree.map(lambda p: rng.random(p.shape) < 0.01, s.params)
-    sparse = finetune.SparseDelta.from_mask(mask)
+    sparse = finetune.MaskedEntries.from_mask(mask)
     assert sparse.count == training.mask_count(mask, s.params) > 0
     values = jax.jit(sparse.values)(s.params)
     assert sum(v.size for v in values.values()) == sparse.count

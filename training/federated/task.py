@@ -20,7 +20,7 @@ import numpy as np
 
 from training import meerkat
 from training.masks import gradient_mask
-from training.perturb import mask_leaves
+from training.perturb import Perturbation, mask_leaves
 
 PyTree = Any
 
@@ -114,6 +114,11 @@ class Task:
     def root_key(self) -> jax.Array:
         return jax.random.key(self.spec.seed)
 
+    @property
+    def perturbation(self) -> Perturbation:
+        """The z of every client, the server and GradIP: the spec's distribution, the mask."""
+        return Perturbation(self.spec.distribution, mask=self.mask)
+
     def programs(self) -> meerkat.MeerkatPrograms:
         """The jitted client/server programs (one client per process: ``sequential``), built
         once per task (the clients and server of one process share them)."""
@@ -125,13 +130,12 @@ class Task:
             self.params,
             num_clients=s.clients,
             local_steps=s.local_steps,
-            mask=self.mask,
             eps=s.eps,
             learning_rate=s.learning_rate,
             root_key=self.root_key,
+            perturbation=self.perturbation,
             pretrain_grad=self.pretrain_grad,
             sequential_clients=True,
-            distribution=s.distribution,
         )
         return self._programs
 
@@ -161,14 +165,13 @@ class Task:
             self.loss_fn,
             self.params,
             tuple(jnp.asarray(a) for a in self.client_batches),
-            mask=self.mask,
             eps=s.eps,
             learning_rate=s.learning_rate,
             root_key=self.root_key,
+            perturbation=self.perturbation,
             pretrain_grad=self.pretrain_grad,
             early_stop=self.early_stop,
             sequential_clients=True,
-            distribution=s.distribution,
             **kw,
         )
 
