@@ -376,14 +376,10 @@ class Bf16Linear(_ScaledLinear):
         return cls(_to_16bit(w, dtype), bias, **kw)
 
     unscaled_gemv = True
+    row_gemv = Fp8Linear.row_gemv  # the raw twin kernel on the stored weight, as for FP8
 
     def raw_weight(self) -> jax.Array:
         return self.weight[...]
-
-    def row_gemv(self, m, platform="cuda"):
-        if not gemv_applies((self.out_features, self.in_features), m):
-            return None
-        return lambda x, s: fp8_gemv(x, self.weight[...], s, platform=platform)
 
 
 def _to_16bit(w, dtype) -> jax.Array:

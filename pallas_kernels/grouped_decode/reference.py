@@ -49,6 +49,13 @@ def check_bits(bits: int) -> None:
         raise ValueError(f"ECF8 version 2 decodes {BITS}-bit values, not {bits}")
 
 
+def value_bits(dtype) -> int:
+    """The width (8 or 16) of a weight dtype the version-2 kernels take; raises otherwise."""
+    bits = jnp.dtype(dtype).itemsize * 8
+    check_bits(bits)
+    return bits
+
+
 class GroupOps(NamedTuple):
     """The per-backend helpers of ``decode_group`` (everything else is shared).
 

@@ -30,22 +30,16 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels.grouped_decode.pallas_gpu import chunk_setup
 from pallas_kernels.grouped_decode.reference import (
     GROUP,
-    check_bits,
     decode_group,
     groups_per_raw_word,
     kernel_arrays,
+    value_bits,
     words_per_group,
 )
 from pallas_kernels.grouped_matmul.reference import slot_words
 
 LANES = 128
 GROUP_WEIGHTS = GROUP * LANES  # 512 consecutive weights of one row per group
-
-
-def _value_bits(dtype) -> int:
-    bits = jnp.dtype(dtype).itemsize * 8
-    check_bits(bits)
-    return bits
 
 
 def _gemv_body(x_ref, scale_ref, out_ref, c, rows, groups_per_row, dtype, next_words, state):
@@ -57,7 +51,7 @@ def _gemv_body(x_ref, scale_ref, out_ref, c, rows, groups_per_row, dtype, next_w
     group's 512 (the version-2 slot order). The last chunk's padding rows are not computed.
     """
     n = out_ref.shape[1]
-    bits = _value_bits(dtype)
+    bits = value_bits(dtype)
     per_word = 32 // bits
     uint = jnp.uint8 if bits == 8 else jnp.uint16
 
@@ -93,7 +87,7 @@ def _fused_kernel(
 ):  # fmt: skip
     c = pl.program_id(0)
     num_words = stream_ref.shape[0]
-    bits = _value_bits(dtype)
+    bits = value_bits(dtype)
     per_raw = groups_per_raw_word(bits)
     ops, threshold, state = chunk_setup(
         c, offsets_ref, threshold_ref, stream_ref, lut_ref, raw_ref.shape[-1]
@@ -112,7 +106,7 @@ def _fused_kernel(
 
 def _twin_kernel(words_ref, x_ref, scale_ref, out_ref, *, rows, groups_per_row, dtype):
     c = pl.program_id(0)
-    per_group = words_per_group(_value_bits(dtype))
+    per_group = words_per_group(value_bits(dtype))
 
     def next_words(g, state):
         return tuple(words_ref[c, g * per_group + p, :] for p in range(per_group)), state
@@ -177,7 +171,7 @@ def grouped_gemv_gpu(
     Returns:
       float32[m, n].
     """
-    bits = _value_bits(fp8_dtype)
+    bits = value_bits(fp8_dtype)
     chunks, raw_rows, _ = raw.shape
     k = x.shape[1]
     steps = 4 * groups_per_raw_word(bits) * raw_rows

@@ -43,6 +43,7 @@ from pallas_kernels.grouped_decode.reference import (
     decode_group,
     groups_per_raw_word,
     kernel_arrays,
+    value_bits,
     words_per_group,
 )
 from pallas_kernels.grouped_matmul.reference import slot_words
@@ -116,7 +117,7 @@ def _gemv_rows(x_ref, out_ref, rows, groups_per_row, dtype, next_words, state):
     a tuple of uint32[8, 128].
     """
     m = x_ref.shape[0]
-    bits = jnp.dtype(dtype).itemsize * 8
+    bits = value_bits(dtype)
     per_word = 32 // bits
     lane = lax.broadcasted_iota(jnp.int32, out_ref.shape[2:], 1)  # [8, rows]
     out_ref[...] = jnp.zeros(out_ref.shape, jnp.float32)
@@ -151,7 +152,7 @@ def _fused_kernel(
     *, chunks, stream_rows, num_words, rows, groups_per_row, dtype,
 ):  # fmt: skip
     block, _, lanes = raw_ref.shape
-    bits = jnp.dtype(dtype).itemsize * 8
+    bits = value_bits(dtype)
     per_raw = groups_per_raw_word(bits)
     ops, threshold, base, copy = program_setup(
         offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem,
@@ -174,7 +175,7 @@ def _fused_kernel(
 
 def _twin_kernel(words_ref, x_ref, out_ref, *, rows, groups_per_row, dtype):
     block, _, lanes = words_ref.shape
-    per_group = words_per_group(jnp.dtype(dtype).itemsize * 8)
+    per_group = words_per_group(value_bits(dtype))
 
     def next_words(g, state):
         words = tuple(
@@ -220,7 +221,7 @@ def grouped_gemv_tpu(
     Returns:
       float32[m, n].
     """
-    bits = jnp.dtype(dtype).itemsize * 8
+    bits = value_bits(dtype)
     chunks, raw_rows, lanes = raw.shape
     per_raw = groups_per_raw_word(bits)
     steps = 4 * per_raw * raw_rows
@@ -289,7 +290,7 @@ def rows_gemv_tpu(
     m = x.shape[0]
     if (reason := gemv_shapes_supported(n, k, chunk_steps, m)) is not None:
         raise ValueError(reason)
-    bits = jnp.dtype(w.dtype).itemsize * 8
+    bits = value_bits(w.dtype)
     words = slot_words(w, chunk_steps)
     chunks, out_rows, lanes = words.shape
     block = 8

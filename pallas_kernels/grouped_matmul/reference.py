@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels.grouped_decode.reference import value_bits
+
 
 def gemv_reference(x: jax.Array, w: jax.Array, scale: jax.Array) -> jax.Array:
     """float32[m, n] = (x[m, k] @ w[n, k].T) * scale[n], w an FP8 array."""
@@ -28,7 +30,7 @@ def gemv_reference(x: jax.Array, w: jax.Array, scale: jax.Array) -> jax.Array:
 def slot_words(w: jax.Array, chunk_steps: int) -> jax.Array:
     """An uncompressed weight as the decoder's output words: uint32[C, S * bits // 32, 128]
     in slot order (padded to whole chunks), what a raw twin loads instead of decoding."""
-    bits = jnp.dtype(w.dtype).itemsize * 8
+    bits = value_bits(w.dtype)
     uint = jnp.uint8 if bits == 8 else jnp.uint16
     per_chunk = chunk_steps * 128
     flat = lax.bitcast_convert_type(w, uint).reshape(-1)
