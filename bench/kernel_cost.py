@@ -61,6 +61,7 @@ from pallas_kernels.ecf8_decode.pallas_tpu import ROW_WORDS, SUBLANES, ecf8_deco
 from pallas_kernels.ecf8_matmul.pallas_gpu import tiled_matmul_gpu
 from pallas_kernels.ecf8_matmul.reference import fp8_tiled_matmul
 from pallas_kernels.grouped_decode import config as grouped_config
+from pallas_kernels.grouped_decode import pallas_tpu as grouped_tpu
 from pallas_kernels.grouped_decode.pallas_gpu import grouped_decode_gpu
 from pallas_kernels.grouped_decode.pallas_tpu import grouped_decode_tpu
 from pallas_kernels.grouped_matmul.pallas_gpu import GROUP_WEIGHTS, fp8_rows_gemv, grouped_gemv_gpu
@@ -327,7 +328,7 @@ def _decode_v2_tpu(case: Case) -> Built:
     block = grouped_config.BlockSizes().chunks_per_program
     programs = math.ceil(chunks / block)
     coded = case.weights * coded_bits / 8
-    per_iteration = block * 4 * LANES * (2 if bits == 8 else 1)
+    per_iteration = block * 4 * LANES * grouped_tpu.groups_per_iteration(bits)
     return Built(
         fn=lambda *a: grouped_decode_tpu(*a, bits=bits),
         args=_grouped_arrays(chunks, steps, case.weights, bits),
