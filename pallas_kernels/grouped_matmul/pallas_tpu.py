@@ -6,10 +6,10 @@ kernel; this one is the version-2 TPU decode (``grouped_decode.pallas_tpu.progra
 8 chunks per program, one per sublane, the stream streamed into VMEM by DMA) with the
 multiply-accumulate on the VPU in place of the store.
 
-Numerics: decoded values become float32 exactly, by bit arithmetic (FP8 E4M3/E5M2 and FP16 by
-their fields, BF16 by a shift; no float8 types inside the kernel), and products with the
-float32 activations are summed per lane in group order, then across the 128 lanes once per
-row; the caller scales. The raw twin (``rows_gemv_tpu``) is the same kernel loading the
+Numerics: decoded values become float32 exactly, by bit arithmetic (FP8 E4M3/E5M2 in ~13 VPU
+ops, bit-identical to XLA's conversion; FP16 by its fields; BF16 by a shift; no float8 types
+inside the kernel, v5e has none), and products with the float32 activations are summed per
+lane in group order, then across the 128 lanes once per row; the caller scales. The raw twin (``rows_gemv_tpu``) is the same kernel loading the
 uncompressed weight's words, so the two are bit-identical; both match ``x @ W.T`` to float32
 rounding (the VPU may flush float32 subnormal products).
 
@@ -17,7 +17,10 @@ Backend: Pallas -> Mosaic TPU. Each chunk holds whole rows of the [n, k] weight
 (``chunk_steps * 128`` a multiple of ``k``, ``k`` a multiple of 512), and the 8 chunks of a
 program are at the same (row, column group) at every step, so one activation row slice
 (permuted outside the kernel into the version-2 slot order) serves all 8 sublanes. A row's
-128 lane sums are reduced when it ends and stored at its lane of an [m, 8, rows] block.
+128 lane sums are reduced when it ends and stored at its lane of an [m, 8, rows] block. The 8
+chunks' words of a group are one sublane-strided load from the block's 2D view (a 3D
+``[:, r, :]`` slice left 8 one-sublane vregs, each converted on its own), and the group loop
+runs 4 groups an iteration so that their loads and conversions overlap.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ from pallas_kernels.grouped_matmul.reference import slot_words
 LANES = 128
 GROUP_WEIGHTS = GROUP * LANES  # 512 consecutive weights of one row per group
 MAX_M = 8
-GROUP_UNROLL = 4  # v5e, k = 4096, m = 1: 4 groups an iteration 20 bundles a group, 1: 35, 8: 18
+# groups a loop iteration; v5e, k = 4096, m = 1, bundles a group: FP8 twin 20 (1 group: 32,
+# 8: 18), fused FP8 154 (173, 155), BF16 twin 12 (21)
+GROUP_UNROLL = 4
 
 # (exponent bits, mantissa bits, bias, IEEE-style infinities/NaNs) of the narrow floats
 _FIELDS = {
