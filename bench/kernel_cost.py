@@ -65,7 +65,7 @@ from pallas_kernels.grouped_decode import pallas_tpu as grouped_tpu
 from pallas_kernels.grouped_decode.pallas_gpu import grouped_decode_gpu
 from pallas_kernels.grouped_decode.pallas_tpu import grouped_decode_tpu
 from pallas_kernels.grouped_matmul.pallas_gpu import GROUP_WEIGHTS, fp8_rows_gemv, grouped_gemv_gpu
-from pallas_kernels.grouped_matmul.pallas_tpu import grouped_gemv_tpu, rows_gemv_tpu
+from pallas_kernels.grouped_matmul.pallas_tpu import group_unroll, grouped_gemv_tpu, rows_gemv_tpu
 
 LANES = 128
 SIGN_WORD_BITS = 32
@@ -408,7 +408,12 @@ def _gemv_v2_tpu(case: Case) -> Built:
         weights=n * k,
         decoded=programs * 8 * steps * LANES,
         programs=programs,
-        loop_weights=(8 * GROUP_WEIGHTS, 8 * k, 8 * steps * LANES),
+        # the group loop runs group_unroll groups an iteration
+        loop_weights=(
+            8 * GROUP_WEIGHTS * group_unroll(k // GROUP_WEIGHTS),
+            8 * k,
+            8 * steps * LANES,
+        ),
         # the wrapper pads the code stream into rows (one extra read + write) before the kernel
         hbm_bytes=coded
         + 2 * coded * (coded_bits - raw_bits) / coded_bits

@@ -6,10 +6,10 @@ kernel; this one is the version-2 TPU decode (``grouped_decode.pallas_tpu.progra
 8 chunks per program, one per sublane, the stream streamed into VMEM by DMA) with the
 multiply-accumulate on the VPU in place of the store.
 
-Numerics: decoded values become float32 exactly, by bit arithmetic (FP8 E4M3/E5M2 and FP16 by
-their fields, BF16 by a shift; no float8 types inside the kernel), and products with the
-float32 activations are summed per lane in group order, then across the 128 lanes once per
-row; the caller scales. The raw twin (``rows_gemv_tpu``) is the same kernel loading the
+Numerics: decoded values become float32 exactly, by bit arithmetic (FP8 E4M3/E5M2 in ~13 VPU
+ops, bit-identical to XLA's conversion; FP16 by its fields; BF16 by a shift; no float8 types
+inside the kernel, v5e has none), and products with the float32 activations are summed per
+lane in group order, then across the 128 lanes once per row; the caller scales. The raw twin (``rows_gemv_tpu``) is the same kernel loading the
 uncompressed weight's words, so the two are bit-identical; both match ``x @ W.T`` to float32
 rounding (the VPU may flush float32 subnormal products).
 
@@ -17,7 +17,10 @@ Backend: Pallas -> Mosaic TPU. Each chunk holds whole rows of the [n, k] weight
 (``chunk_steps * 128`` a multiple of ``k``, ``k`` a multiple of 512), and the 8 chunks of a
 program are at the same (row, column group) at every step, so one activation row slice
 (permuted outside the kernel into the version-2 slot order) serves all 8 sublanes. A row's
-128 lane sums are reduced when it ends and stored at its lane of an [m, 8, rows] block.
+128 lane sums are reduced when it ends and stored at its lane of an [m, 8, rows] block. The 8
+chunks' words of a group are one sublane-strided load from the block's 2D view (a 3D
+``[:, r, :]`` slice left 8 one-sublane vregs, each converted on its own), and the group loop
+runs 4 groups an iteration so that their loads and conversions overlap.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ from pallas_kernels.grouped_matmul.reference import slot_words
 LANES = 128
 GROUP_WEIGHTS = GROUP * LANES  # 512 consecutive weights of one row per group
 MAX_M = 8
+# groups a loop iteration; v5e, k = 4096, m = 1, bundles a group: FP8 twin 20 (1 group: 32,
+# 8: 18), fused FP8 154 (173, 155), BF16 twin 12 (21)
+GROUP_UNROLL = 4
 
 # (exponent bits, mantissa bits, bias, IEEE-style infinities/NaNs) of the narrow floats
 _FIELDS = {
@@ -60,18 +66,14 @@ _FIELDS = {
 }
 
 
-def to_float32(v, dtype):
-    """uint32 values holding ``dtype`` bit patterns (low bits) -> their exact float32.
+def _field_bits(v, dtype):
+    """uint32 ``dtype`` bit patterns (low bits) -> the float32 bits of their values, by fields.
 
-    Bit arithmetic only (Mosaic has no float8 on every TPU): normal numbers move their fields,
-    subnormals are ``mantissa * 2**(1 - bias - mantissa_bits)`` (exact, a normal float32),
-    E4M3FN's 0x7F/0xFF and the IEEE formats' all-ones exponent become NaN/inf with the sign
-    and payload kept. bfloat16 is the top half of a float32.
+    Normal numbers move their fields, subnormals are ``mantissa * 2**(1 - bias - mantissa_bits)``
+    (exact, a normal float32), E4M3FN's 0x7F/0xFF and the IEEE formats' all-ones exponent
+    become NaN/inf with the sign and payload kept.
     """
-    name = jnp.dtype(dtype).name
-    if name == "bfloat16":
-        return lax.bitcast_convert_type(v << 16, jnp.float32)
-    e_bits, m_bits, bias, ieee = _FIELDS[name]
+    e_bits, m_bits, bias, ieee = _FIELDS[jnp.dtype(dtype).name]
     width = 1 + e_bits + m_bits
     sign = (v >> (width - 1)) << 31
     e = (v >> m_bits) & ((1 << e_bits) - 1)
@@ -82,10 +84,75 @@ def to_float32(v, dtype):
     bits = jnp.where(e == 0, lax.bitcast_convert_type(sub, jnp.uint32) | sign, normal)
     top = (1 << e_bits) - 1
     if ieee:  # all-ones exponent: inf (m = 0) or NaN with its payload
-        bits = jnp.where(e == top, sign | (0xFF << 23) | (m << (23 - m_bits)), bits)
+        return jnp.where(e == top, sign | (0xFF << 23) | (m << (23 - m_bits)), bits)
+    # E4M3FN: only S.1111.111 is NaN
+    return jnp.where((e == top) & (m == (1 << m_bits) - 1), sign | 0x7FC00000, bits)
+
+
+def fp8_to_float32(word, kk, dtype):
+    """Byte ``kk`` of uint32 ``word`` (an FP8 bit pattern) -> its exact float32, in ~13 VPU ops.
+
+    The 7 magnitude bits ``a`` (exponent, mantissa) shifted into a float32's fields plus the
+    rebias ``(127 - bias) << 23`` are every normal value; a subnormal (``a`` below
+    ``2**mantissa_bits``) is that pattern one binade up minus ``2**(1 - bias)``
+    (``(1 + m / 2**mb) * 2**(1 - bias) - 2**(1 - bias)``, exact: no float32 subnormal is ever
+    formed, which the VPU could flush); NaNs are the canonical 0x7FC00000 and E5M2's
+    infinities 0x7F800000, the sign OR'd in last, so all 256 patterns (-0 included) match XLA's
+    FP8 -> float32 bit for bit. Comparisons are on int32 (unsigned ones cost an extra op).
+    """
+    e_bits, m_bits, bias, ieee = _FIELDS[jnp.dtype(dtype).name]
+    a = (word >> (8 * kk)) & 0x7F if kk else word & 0x7F
+    top = jnp.uint32(1 << 31)
+    sign = word & top if kk == 3 else (word << (24 - 8 * kk)) & top
+    normal = (a << (23 - m_bits)) + jnp.uint32((127 - bias) << 23)
+    up = lax.bitcast_convert_type(normal + jnp.uint32(1 << 23), jnp.float32)
+    sub = lax.bitcast_convert_type(up - jnp.float32(2.0 ** (1 - bias)), jnp.uint32)
+    a = lax.bitcast_convert_type(a, jnp.int32)
+    bits = jnp.where(a < (1 << m_bits), sub, normal)
+    if ieee:  # all-ones exponent (a >= 0x7C for E5M2): inf for mantissa 0, else NaN
+        inf = (0x7F >> m_bits) << m_bits
+        special = jnp.where(a == inf, jnp.uint32(0x7F800000), jnp.uint32(0x7FC00000))
+        bits = jnp.where(a >= inf, special, bits)
     else:  # E4M3FN: only S.1111.111 is NaN
-        bits = jnp.where((e == top) & (m == (1 << m_bits) - 1), sign | 0x7FC00000, bits)
-    return lax.bitcast_convert_type(bits, jnp.float32)
+        bits = jnp.where(a == 0x7F, jnp.uint32(0x7FC00000), bits)
+    return lax.bitcast_convert_type(bits | sign, jnp.float32)
+
+
+def to_float32(v, dtype):
+    """uint32 values holding ``dtype`` bit patterns (low bits) -> their exact float32.
+
+    No float8 types (v5e has none): FP8 by ``fp8_to_float32`` (bit-identical to XLA's
+    conversion for all 256 patterns), float16 by its fields (``_field_bits``), bfloat16 is
+    the top half of a float32.
+    """
+    name = jnp.dtype(dtype).name
+    if name == "bfloat16":
+        return lax.bitcast_convert_type(v << 16, jnp.float32)
+    if name == "float16":
+        return lax.bitcast_convert_type(_field_bits(v, dtype), jnp.float32)
+    return fp8_to_float32(v, 0, dtype)
+
+
+def value_to_float32(word, kk, dtype):
+    """Value ``kk`` of a uint32 word of ``dtype`` values -> float32, with the extraction shifts
+    folded into the conversion (FP8 bytes; BF16 halves are one shift or one mask)."""
+    bits = value_bits(dtype)
+    if bits == 8:
+        return fp8_to_float32(word, kk, dtype)
+    if jnp.dtype(dtype).name == "bfloat16":
+        half = word << 16 if kk == 0 else word & jnp.uint32(0xFFFF0000)
+        return lax.bitcast_convert_type(half, jnp.float32)
+    return to_float32((word >> (bits * kk)) & ((1 << bits) - 1), dtype)
+
+
+def group_unroll(groups_per_row: int) -> int:
+    """Groups per iteration of the kernel's group loop: ``GROUP_UNROLL`` (or 2) when it divides
+    a row's groups and leaves a loop, else 1. Unrolling lets the scheduler overlap one group's
+    strided loads with another's conversion (the loop body is otherwise one dependency chain)."""
+    for u in (GROUP_UNROLL, 2):
+        if groups_per_row % u == 0 and groups_per_row > u:
+            return u
+    return 1
 
 
 def gemv_shapes_supported(n: int, k: int, chunk_steps: int, m: int) -> str | None:
@@ -130,15 +197,16 @@ def _gemv_rows(x_ref, out_ref, rows, groups_per_row, dtype, next_words, state):
             for p, word in enumerate(words):
                 for kk in range(per_word):
                     j = p * per_word + kk
-                    v = (word >> (bits * kk)) & ((1 << bits) - 1)
-                    w = to_float32(v, dtype)  # [8, 128]
+                    w = value_to_float32(word, kk, dtype)  # [8, 128]
                     for i in range(m):
                         xj = x_ref[i, pl.ds(q * GROUP + j, 1), :]  # [1, 128]
                         acc[i] = acc[i] + w * xj
             return tuple(acc), state
 
         zeros = tuple(jnp.zeros((8, LANES), jnp.float32) for _ in range(m))
-        acc, state = lax.fori_loop(0, groups_per_row, group_body, (zeros, state))
+        acc, state = lax.fori_loop(
+            0, groups_per_row, group_body, (zeros, state), unroll=group_unroll(groups_per_row)
+        )
         for i in range(m):
             total = jnp.sum(acc[i], axis=-1, keepdims=True)  # [8, 1]
             out_ref[0, i] = jnp.where(lane == r, total, out_ref[0, i])
@@ -151,7 +219,8 @@ def _fused_kernel(
     offsets_ref, threshold_ref, stream_hbm, raw_ref, lut_ref, x_ref, out_ref, window, sem,
     *, chunks, stream_rows, num_words, rows, groups_per_row, dtype,
 ):  # fmt: skip
-    block, _, lanes = raw_ref.shape
+    block, lanes = 8, raw_ref.shape[1]
+    raw_rows = raw_ref.shape[0] // block
     bits = value_bits(dtype)
     per_raw = groups_per_raw_word(bits)
     ops, threshold, base, copy = program_setup(
@@ -161,7 +230,7 @@ def _fused_kernel(
 
     def next_words(g, state):
         hi, lo, nbits, base = state
-        raw_word = raw_ref[:, pl.ds(g // per_raw, 1), :].reshape(block, lanes)
+        raw_word = raw_ref[pl.ds(g // per_raw, block, stride=raw_rows), :]
         hi, lo, nbits, base, words = decode_group(
             hi, lo, nbits, base, threshold, ops, raw_word, g, num_words, bits
         )
@@ -173,14 +242,12 @@ def _fused_kernel(
     _gemv_rows(x_ref, out_ref, rows, groups_per_row, dtype, next_words, state)
 
 
-def _twin_kernel(words_ref, x_ref, out_ref, *, rows, groups_per_row, dtype):
-    block, _, lanes = words_ref.shape
+def _twin_kernel(words_ref, x_ref, out_ref, *, rows, groups_per_row, dtype, out_rows):
     per_group = words_per_group(value_bits(dtype))
 
     def next_words(g, state):
         words = tuple(
-            words_ref[:, pl.ds(g * per_group + p, 1), :].reshape(block, lanes)
-            for p in range(per_group)
+            words_ref[pl.ds(g * per_group + p, 8, stride=out_rows), :] for p in range(per_group)
         )
         return words, state
 
@@ -247,7 +314,7 @@ def grouped_gemv_tpu(
         grid=(programs,),
         in_specs=[
             pl.BlockSpec(memory_space=pl.ANY),
-            pl.BlockSpec((block, raw_rows, lanes), lambda b, *_: (b, 0, 0)),
+            pl.BlockSpec((block * raw_rows, lanes), lambda b, *_: (b, 0)),
             pl.BlockSpec((block, lut.shape[1] // 2), lambda b, *_: (b, 0)),
             pl.BlockSpec(xp.shape, lambda b, *_: (0, 0, 0)),
         ],
@@ -263,7 +330,14 @@ def grouped_gemv_tpu(
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel",), vmem_limit_bytes=block_sizes.vmem_limit_bytes
         ),
-    )(chunk_offsets.astype(jnp.int32), threshold, stream2d, raw, pack_lut(lut), xp)
+    )(
+        chunk_offsets.astype(jnp.int32),
+        threshold,
+        stream2d,
+        raw.reshape(-1, lanes),
+        pack_lut(lut),
+        xp,
+    )
     return _finish(out, m, n, scale)
 
 
@@ -298,7 +372,11 @@ def rows_gemv_tpu(
     words = jnp.pad(words, ((0, programs * block - chunks), (0, 0), (0, 0)))
     rows = chunk_steps * LANES // k
     kernel = functools.partial(
-        _twin_kernel, rows=rows, groups_per_row=k // GROUP_WEIGHTS, dtype=jnp.dtype(w.dtype)
+        _twin_kernel,
+        rows=rows,
+        groups_per_row=k // GROUP_WEIGHTS,
+        dtype=jnp.dtype(w.dtype),
+        out_rows=out_rows,
     )
     xp = permute_activations(x, bits)
     out = pl.pallas_call(
@@ -306,12 +384,12 @@ def rows_gemv_tpu(
         out_shape=jax.ShapeDtypeStruct((programs, m, block, rows), jnp.float32),
         grid=(programs,),
         in_specs=[
-            pl.BlockSpec((block, out_rows, lanes), lambda b: (b, 0, 0)),
+            pl.BlockSpec((block * out_rows, lanes), lambda b: (b, 0)),
             pl.BlockSpec(xp.shape, lambda b: (0, 0, 0)),
         ],
         out_specs=pl.BlockSpec((1, m, block, rows), lambda b: (b, 0, 0, 0)),
         interpret=interpret,
         name="rows_gemv_tpu",
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
-    )(words, xp)
+    )(words.reshape(-1, lanes), xp)
     return _finish(out, m, n, scale)

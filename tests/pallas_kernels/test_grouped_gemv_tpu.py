@@ -7,15 +7,19 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from jax.experimental import pallas as pl
 
 from ecf8_jax.format import grouped
 from ecf8_jax.format.grouped_encoder import encode_grouped
 from pallas_kernels import compat
 from pallas_kernels.grouped_matmul.pallas_tpu import (
+    fp8_to_float32,
     gemv_shapes_supported,
+    group_unroll,
     grouped_gemv_tpu,
     rows_gemv_tpu,
     to_float32,
+    value_to_float32,
 )
 from pallas_kernels.grouped_matmul.reference import gemv_reference
 
@@ -30,12 +34,15 @@ def _encode(w, steps=STEPS):
 
 
 @pytest.mark.parametrize(
-    ("dtype", "m"),
-    [(ml_dtypes.float8_e4m3fn, 1), (ml_dtypes.float8_e5m2, 3), (ml_dtypes.bfloat16, 2),
-     (np.float16, 1)],
+    ("dtype", "m", "n", "k"),
+    # n=72, k=512: 9 chunks of 8 rows, two programs, the second with one chunk; k=2048 and
+    # 4096 (one row a chunk, the last program part-filled): the group loop unrolled 2 and 4
+    [(ml_dtypes.float8_e4m3fn, 1, 72, 512), (ml_dtypes.float8_e5m2, 3, 72, 512),
+     (ml_dtypes.bfloat16, 2, 72, 512), (np.float16, 1, 72, 512),
+     (ml_dtypes.float8_e4m3fn, 2, 12, 4096), (ml_dtypes.float8_e5m2, 1, 12, 2048),
+     (ml_dtypes.bfloat16, 1, 12, 4096)],
 )  # fmt: skip
-def test_tpu_fused_gemv_equals_its_raw_twin_bit_for_bit(dtype, m):
-    n, k = 72, 512  # 9 chunks of 8 rows: two programs, the second with one chunk
+def test_tpu_fused_gemv_equals_its_raw_twin_bit_for_bit(dtype, m, n, k):
     w = (np.random.default_rng(0).standard_normal((n, k)) * 0.1).astype(dtype)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((m, k)), jnp.float32)
     scale = jnp.asarray(np.random.default_rng(2).random(n), jnp.float32)
@@ -62,6 +69,60 @@ def test_in_kernel_conversion_is_exact_for_every_bit_pattern(dtype):
     np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
     # NaNs keep their sign
     np.testing.assert_array_equal(np.signbit(got[nan]), np.signbit(want[nan]))
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2])
+@pytest.mark.parametrize("kk", range(4))
+def test_fp8_conversion_matches_xla_bit_for_bit_at_every_byte(dtype, kk):
+    # all 256 patterns (NaNs, E5M2's infinities, subnormals, -0) at byte kk of a word whose
+    # other bytes are random: the float32 bits equal XLA's FP8 -> float32 conversion
+    v = np.arange(256, dtype=np.uint32)
+    noise = np.random.default_rng(kk).integers(0, 1 << 32, 256, dtype=np.uint64).astype(np.uint32)
+    keep = np.uint32(~(0xFF << (8 * kk)) & 0xFFFFFFFF)
+    word = (noise & keep) | (v << np.uint32(8 * kk))
+    got = np.asarray(fp8_to_float32(jnp.asarray(word), kk, jnp.dtype(dtype))).view(np.uint32)
+    want = np.asarray(jnp.asarray(v.astype(np.uint8).view(dtype)).astype(jnp.float32))
+    np.testing.assert_array_equal(got, want.view(np.uint32))
+    np.testing.assert_array_equal(
+        got, v.astype(np.uint8).view(dtype).astype(np.float32).view(np.uint32)
+    )
+
+
+@pytest.mark.parametrize(
+    "dtype", [ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2, ml_dtypes.bfloat16, np.float16]
+)
+def test_in_kernel_conversion_is_exact_in_a_pallas_kernel(dtype):
+    # the conversion the GEMV runs, inside a (TPU interpret-mode) kernel, every value position
+    bits = np.dtype(dtype).itemsize * 8
+    per_word = 32 // bits
+    uint = np.uint8 if bits == 8 else np.uint16
+    patterns = np.arange(1 << bits, dtype=np.uint32).astype(uint)
+    if bits == 16:  # every exponent, sign and NaN, with a spread of mantissas
+        patterns = patterns[np.random.default_rng(0).permutation(patterns.size)[: 8 * 128 * 4]]
+        patterns[:4] = [0x0000, 0x8000, 0x7C01, 0x0001]
+    values = np.resize(patterns, (8, 128, per_word))  # [8, 128] words of per_word values
+    words = values.view(np.uint32).reshape(8, 128)
+
+    def kernel(w_ref, o_ref):
+        for kk in range(per_word):
+            o_ref[kk] = value_to_float32(w_ref[...], kk, jnp.dtype(dtype))
+
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((per_word, 8, 128), jnp.float32),
+        interpret=compat.tpu_interpret_params(),
+    )(jnp.asarray(words))
+    got = np.moveaxis(np.asarray(out), 0, -1).view(np.uint32)
+    want = values.view(dtype).astype(np.float32)
+    nan = np.isnan(want)
+    if bits == 8:  # FP8 NaNs are canonical, like XLA's
+        nan = np.zeros_like(nan)
+    np.testing.assert_array_equal(got[~nan], want[~nan].view(np.uint32))
+    np.testing.assert_array_equal(np.isnan(got.view(np.float32)[nan]), True)
+
+
+def test_group_loop_unrolls_only_where_a_loop_remains():
+    assert [group_unroll(g) for g in (1, 2, 3, 4, 6, 8, 16)] == [1, 1, 1, 2, 2, 4, 4]
 
 
 def test_unsupported_shapes_say_why():
