@@ -402,18 +402,16 @@ def _gemv_v2_tpu(case: Case) -> Built:
         return grouped_gemv_tpu(x, *a[:-1], a[-1], n=n, dtype=dtype)
 
     coded = n * k * coded_bits / 8
+    # the group loop runs group_unroll groups an iteration; a whole row has no group loop
+    unroll = group_unroll(k // GROUP_WEIGHTS)
+    group_loop = (8 * GROUP_WEIGHTS * unroll,) if unroll < k // GROUP_WEIGHTS else ()
     return Built(
         fn=fn,
         args=(x, *_grouped_arrays(chunks, steps, n * k, bits), scale),
         weights=n * k,
         decoded=programs * 8 * steps * LANES,
         programs=programs,
-        # the group loop runs group_unroll groups an iteration
-        loop_weights=(
-            8 * GROUP_WEIGHTS * group_unroll(k // GROUP_WEIGHTS),
-            8 * k,
-            8 * steps * LANES,
-        ),
+        loop_weights=(*group_loop, 8 * k, 8 * steps * LANES),
         # the wrapper pads the code stream into rows (one extra read + write) before the kernel
         hbm_bytes=coded
         + 2 * coded * (coded_bits - raw_bits) / coded_bits
@@ -436,7 +434,7 @@ def _gemv_twin_v2_tpu(case: Case) -> Built:
         fused,
         fn=fn,
         args=(fused.args[0], _sds((n, k), _weight_dtype(case)), fused.args[-1]),
-        loop_weights=fused.loop_weights[:2],
+        loop_weights=fused.loop_weights,
         hbm_bytes=n * k * case.value_bytes + m * k * 4 * 2 + m * n * 4,
     )
 

@@ -172,10 +172,13 @@ GEMV_PLATFORMS = ("cuda", "tpu")
 
 LAYER_GEMV_PLATFORMS = ("cuda",)
 """Where linear layers take the row GEMV for m <= 8 (``bench.kernel_cost``, BENCHMARKS.md).
-On TPU they do not: the fused Mosaic GEMV (~32 GB/s on a v5e) is no faster than decoding
-(~38 GB/s) and then XLA's dot, and its raw-FP8 twin (~33 GB/s: FP8 -> float32 by bit
-arithmetic on the VPU) would slow uncompressed FP8 layers ~25x against XLA's dot; decode-then-dot
-keeps the compressed layer bit-identical to the raw one there."""
+On TPU they do not: for FP8 the fused Mosaic GEMV (61 GB/s on a v5e at m = 1, 52 at m = 8;
+v6e 62 / 56) is no faster than decoding (67 / 65 GB/s) and then XLA's dot at the roofline
+(0.99x at m = 1, 0.83x at m = 8 on a v5e; 1.00x / 0.90x on a v6e), and its raw-FP8 twin
+(~325 GB/s: FP8 -> float32 by bit arithmetic on the VPU) would slow uncompressed FP8 layers
+~2.5x against XLA's dot (819 GB/s); decode-then-dot keeps the compressed layer bit-identical to
+the raw one there. (BF16 weights would gain at m = 1, 1.26x on a v5e, but the rule is on
+shapes only, shared by every dtype.)"""
 
 
 def gemv_applies(shape: tuple[int, ...], m: int) -> bool:

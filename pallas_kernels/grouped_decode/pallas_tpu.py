@@ -24,13 +24,15 @@ chunk loads the three window rows from its next word's row on (one scalar a chun
 of the vector, and three (8, 128) loads starting ``i`` rows early so that sublane ``i`` is
 the chunk's row; a select tree merges the 8); both groups pick two of them, and every lane its
 word with ``take_along_axis``. The chunk's table is one 128-lane row holding two 16-bit
-entries a word (``pack_lut``): one gather and a shift a code. The program setup used by the
-fused GEMV (``program_setup``) keeps the generic ``GroupOps`` of ``reference.decode_group``.
+entries a word (``pack_lut``): one gather and a shift a code. The fused TPU GEMV
+(``grouped_matmul.pallas_tpu``) decodes with the same ``program_start`` and
+``decode_groups``; only the loop around them and what happens to the words differ.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +47,6 @@ from pallas_kernels.grouped_decode.reference import (
     LENGTH_MASK,
     LUT_SIZE,
     WORD_BITS,
-    GroupOps,
     check_bits,
     groups_per_raw_word,
     kernel_arrays,
@@ -66,59 +67,6 @@ def window_rows(chunks: int, steps: int, stream_rows: int) -> int:
     (every code 8 bits long, and each lane's look-ahead word) plus the spare rows, but never
     more than the stream has."""
     return min(chunks * (steps // 4 + 2) + SPARE_ROWS, stream_rows)
-
-
-def _exclusive_prefix_mxu(x):
-    """Exclusive lane prefix sum of small non-negative ints as one (rows, 128) @ (128, 128)
-    matmul with a strictly-upper-triangular ones matrix: exact (sums <= 128 in float32)."""
-    k = lax.broadcasted_iota(jnp.int32, (x.shape[-1], x.shape[-1]), 0)
-    l = lax.broadcasted_iota(jnp.int32, (x.shape[-1], x.shape[-1]), 1)
-    tri = (k < l).astype(jnp.float32)
-    out = jnp.dot(x.astype(jnp.float32), tri, preferred_element_type=jnp.float32)
-    return out.astype(jnp.int32)
-
-
-def program_setup(offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem, *,
-                  block, chunks, stream_rows):  # fmt: skip
-    """Starts program ``b``'s window DMA and builds its chunks' decoding helpers.
-
-    Shared by the decode and the fused GEMV. Returns ``(ops, threshold, base, copy)``: the
-    ``GroupOps`` reading the window and the chunk tables, per-sublane int32[block, 1]
-    threshold and first word, and the started copy (``copy.wait()`` before the first fetch).
-    """
-    b = pl.program_id(0)
-    rows = window.shape[0]
-    first = b * block
-    # The program's words start at its first chunk's offset; the window starts on that row,
-    # moved back where needed so that it stays inside the stream.
-    start_row = jnp.minimum(offsets_ref[first] // ROW_WORDS, stream_rows - rows)
-    copy = pltpu.make_async_copy(stream_hbm.at[pl.ds(start_row, rows)], window, sem)
-    copy.start()
-
-    sublane = lax.broadcasted_iota(jnp.int32, (block, 1), 0)
-    base = jnp.zeros((block, 1), jnp.int32)
-    threshold = jnp.zeros((block, 1), jnp.int32)
-    for i in range(block):
-        c = jnp.minimum(first + i, chunks - 1)
-        base = jnp.where(sublane == i, offsets_ref[c], base)
-        threshold = jnp.where(sublane == i, threshold_ref[c], threshold)
-    pairs = lut_ref[...]  # [block, 128]: entries 2i (low half) and 2i + 1 (high half)
-
-    def fetch(pos):
-        pos = pos - start_row * ROW_WORDS  # stream word -> window word
-        row = jnp.clip(pos[:, :1] // ROW_WORDS, 0, rows - 2)  # [block, 1]
-        low = jnp.concatenate([window[pl.ds(row[i, 0], 1), :] for i in range(block)], 0)
-        high = jnp.concatenate([window[pl.ds(row[i, 0] + 1, 1), :] for i in range(block)], 0)
-        rel = jnp.clip(pos - row * ROW_WORDS, 0, 2 * ROW_WORDS - 1)
-        lane_index = rel & (ROW_WORDS - 1)
-        return jnp.where(rel < ROW_WORDS, take_lanes(low, lane_index), take_lanes(high, lane_index))
-
-    def lookup(peek):  # one lane gather per code: the pair, then its half
-        pair = take_lanes(pairs, peek >> 1)
-        return (pair >> ((peek & 1) << 4)) & 0xFFFF
-
-    ops = GroupOps(exclusive_prefix=_exclusive_prefix_mxu, fetch=fetch, lookup=lookup)
-    return ops, threshold, base, copy
 
 
 def _rows_at(window, row, count):
@@ -169,7 +117,8 @@ def _decode_group_fast(hi, lo, nbits, base, threshold, tri, pairs, low, high, ro
     * a lane refills only below T <= 32 bits, so its ``lo`` is zero there: the refill sets
       ``lo`` instead of or-ing into it, and its shifts (``nbits``, ``31 - nbits``) are in range;
     * a group consumes at most T <= 32 bits, all in ``hi`` after the refill: symbol ``j``
-      peeks ``hi << o_j`` (``o_j`` <= 24, the bits consumed before it) and the 64-bit buffer
+      peeks ``hi << o_j`` (``o_j`` <= 24, the bits consumed before it; formed as the previous
+      peek shifted by its code's length, one op after the table read) and the 64-bit buffer
       shifts once a group, by ``o`` in [4, 32] split as ``o_3 + len_3`` (each shift < 32);
     * the prefix sum comes off the MXU as float32 and becomes an int by adding 2**23 and
       reinterpreting the bits (the ``0x4B000000`` is folded into the per-chunk offset);
@@ -197,23 +146,129 @@ def _decode_group_fast(hi, lo, nbits, base, threshold, tri, pairs, low, high, ro
     else:
         out = [spread_bytes(raw_word, p) for p in range(2)]
     per_word = WORD_BITS // bits
-    o = None
+    o, x = None, hi
     for j in range(GROUP):
-        x = hi if o is None else hi << o
-        if j == GROUP - 1:
-            o_last, x_last = o, x
         pair = take_lanes(pairs, (x >> 25).astype(jnp.int32))
         entry = pair >> ((x >> 20) & 16)
         length = entry & LENGTH_MASK
-        o = length if o is None else o + length
+        o_last, o = o, (length if o is None else o + length)
         p, k = divmod(j, per_word)
         at = bits * k + bits // 2 - 1 - 4  # symbol bits 4.. of the entry -> bit 8k+3 / 16k+7
         sym = entry & 0xFF0
         out[p] = out[p] | (sym << at if at >= 0 else sym >> -at)
-    hi = (x_last << length) | (lo >> (WORD_BITS - o))
+        if j < GROUP - 1:
+            x = x << length  # hi << o_(j+1), one op after the table read
+    hi = (x << length) | (lo >> (WORD_BITS - o))
     lo = (lo << o_last) << length
     nbits = nbits - o.astype(jnp.int32)
     return hi, lo, nbits, base, tuple(out)
+
+
+def window_scratch(block: int, steps: int, stream_rows: int) -> list:
+    """The scratch a program's decode needs: its VMEM window (``window_rows`` rows and
+    ``WINDOW_PAD`` rows either side, for ``_rows_at``) and the DMA semaphore."""
+    rows = window_rows(block, steps, stream_rows)
+    return [
+        pltpu.VMEM((rows + 2 * WINDOW_PAD, ROW_WORDS), jnp.uint32),
+        pltpu.SemaphoreType.DMA,
+    ]
+
+
+class ProgramState(NamedTuple):
+    """What ``decode_groups`` needs besides the carry, fixed for a program.
+
+    Attributes:
+      window: the VMEM window ref (``window_scratch``), the stream's rows from ``start_row``
+        on at row ``WINDOW_PAD``.
+      lut_ref: int32[block, 128] the chunks' packed tables (``pack_lut``).
+      threshold: int32[block, 1] per chunk.
+      last: int32 scalar, the last window word a lane may read.
+    """
+
+    window: object
+    lut_ref: object
+    threshold: jax.Array
+    last: jax.Array
+
+
+def program_start(offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem, *,
+                  chunks, stream_rows, num_words):  # fmt: skip
+    """Starts program ``b``'s window DMA; shared by the decode and the fused GEMV.
+
+    Returns ``(program, carry, copy)``: the ``ProgramState``, the initial carry
+    ``(hi, lo, nbits, base)`` of ``decode_groups`` (``base`` the chunks' first words,
+    window-relative) and the started copy (``copy.wait()`` before the first group).
+    """
+    block = lut_ref.shape[0]
+    b = pl.program_id(0)
+    rows = window.shape[0] - 2 * WINDOW_PAD
+    first = b * block
+    # The program's words start at its first chunk's offset; the window starts on that row,
+    # moved back where needed so that it stays inside the stream.
+    start_row = jnp.minimum(offsets_ref[first] // ROW_WORDS, stream_rows - rows)
+    copy = pltpu.make_async_copy(
+        stream_hbm.at[pl.ds(start_row, rows)], window.at[pl.ds(WINDOW_PAD, rows)], sem
+    )
+    copy.start()
+    sublane = lax.broadcasted_iota(jnp.int32, (block, 1), 0)
+    base = jnp.zeros((block, 1), jnp.int32)
+    threshold = jnp.zeros((block, 1), jnp.int32)
+    for i in range(block):
+        c = jnp.minimum(first + i, chunks - 1)
+        base = jnp.where(sublane == i, offsets_ref[c], base)
+        threshold = jnp.where(sublane == i, threshold_ref[c], threshold)
+    # Window-relative: ``base`` is the next word's window position (offsets are non-decreasing,
+    # so never below the window); ``last`` the last word a lane may read (the stream's, or the
+    # window's when the stream goes on past it).
+    start = start_row * ROW_WORDS
+    last = jnp.minimum(num_words - 1 - start, rows * ROW_WORDS - 1)
+    zeros = jnp.zeros((block, ROW_WORDS), jnp.uint32)
+    carry = (zeros, zeros, jnp.zeros((block, ROW_WORDS), jnp.int32), base - start)
+    return ProgramState(window, lut_ref, threshold, last), carry, copy
+
+
+def decode_groups(program: ProgramState, carry, raw_words, g, bits: int):
+    """Decodes ``len(raw_words)`` consecutive groups of the program's chunks, the first being
+    group ``g`` (static or traced; for FP8 its parity picks the raw nibbles); shared by the
+    decode and the fused GEMV.
+
+    Args:
+      program: from ``program_start``.
+      carry: ``(hi, lo, nbits, base)``, as ``program_start`` or the last call returned it.
+      raw_words: per group, its uint32[block, 128] raw word (FP8: two groups share one).
+      g: the first group's index.
+      bits: 8 or 16, static.
+
+    Returns:
+      ``(carry, outs)``: per group the tuple of its ``words_per_group(bits)`` output words.
+    """
+    window, threshold, last = program.window, program.threshold, program.last
+    rows = window.shape[0] - 2 * WINDOW_PAD
+    hi, lo, nbits, base = carry
+    lanes = hi.shape[-1]
+    pairs = program.lut_ref[...].astype(jnp.uint32)
+    k = lax.broadcasted_iota(jnp.int32, (lanes, lanes), 0)
+    l = lax.broadcasted_iota(jnp.int32, (lanes, lanes), 1)
+    tri = jnp.where(k < l, 1.0, 0.0).astype(jnp.float32)
+    outs = []
+    for j, raw_word in enumerate(raw_words):
+        # Rows for this group and the next (their words lie within 256 of ``base``); a row
+        # clamped to rows - 2 leaves every read of both groups within its first two rows.
+        if j % 2 == 0:
+            pair_start = jnp.minimum(base >> 7, rows - 2) << 7
+            rows3 = _rows_at(window, pair_start >> 7, 3)
+            low, high, row_start = rows3[0], rows3[1], pair_start
+        else:
+            step = (base - pair_start) >= ROW_WORDS  # [block, 1]
+            low = jnp.where(step, rows3[1], rows3[0])
+            high = jnp.where(step, rows3[2], rows3[1])
+            row_start = pair_start + jnp.where(step, ROW_WORDS, 0)
+        hi, lo, nbits, base, out = _decode_group_fast(
+            hi, lo, nbits, base, threshold, tri, pairs, low, high, row_start, last, raw_word,
+            g + j, bits,
+        )  # fmt: skip
+        outs.append(out)
+    return (hi, lo, nbits, base), outs
 
 
 def _decode_kernel(
@@ -232,64 +287,24 @@ def _decode_kernel(
     num_words,
     bits,
 ):
-    block, _, lanes = raw_ref.shape
-    b = pl.program_id(0)
-    rows = window.shape[0] - 2 * WINDOW_PAD
-    first = b * block
-    start_row = jnp.minimum(offsets_ref[first] // ROW_WORDS, stream_rows - rows)
-    copy = pltpu.make_async_copy(
-        stream_hbm.at[pl.ds(start_row, rows)], window.at[pl.ds(WINDOW_PAD, rows)], sem
-    )
-    copy.start()
-    sublane = lax.broadcasted_iota(jnp.int32, (block, 1), 0)
-    base = jnp.zeros((block, 1), jnp.int32)
-    threshold = jnp.zeros((block, 1), jnp.int32)
-    for i in range(block):
-        c = jnp.minimum(first + i, chunks - 1)
-        base = jnp.where(sublane == i, offsets_ref[c], base)
-        threshold = jnp.where(sublane == i, threshold_ref[c], threshold)
-    # Window-relative: ``base`` is the next word's window position (offsets are non-decreasing,
-    # so never below the window); ``last`` the last word a lane may read (the stream's, or the
-    # window's when the stream goes on past it).
-    start = start_row * ROW_WORDS
-    base = base - start
-    last = jnp.minimum(num_words - 1 - start, rows * ROW_WORDS - 1)
+    program, carry, copy = program_start(
+        offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem,
+        chunks=chunks, stream_rows=stream_rows, num_words=num_words,
+    )  # fmt: skip
     per_raw, per_iter = groups_per_raw_word(bits), groups_per_iteration(bits)
     raw_per_iter = per_iter // per_raw
 
     def body(t, carry):
-        hi, lo, nbits, base = carry
-        pairs = lut_ref[...].astype(jnp.uint32)
-        k = lax.broadcasted_iota(jnp.int32, (lanes, lanes), 0)
-        l = lax.broadcasted_iota(jnp.int32, (lanes, lanes), 1)
-        tri = jnp.where(k < l, 1.0, 0.0).astype(jnp.float32)
         raw_block = raw_ref[:, pl.ds(t * raw_per_iter, raw_per_iter), :]  # [block, r, lanes]
         raw_words = jnp.swapaxes(raw_block, 0, 1)  # [r, block, lanes]
-        outs = []
-        for g in range(per_iter):
-            # Rows for this group and the next (their words lie within 256 of ``base``); a row
-            # clamped to rows - 2 leaves every read of both groups within its first two rows.
-            if g % 2 == 0:
-                pair_start = jnp.minimum(base >> 7, rows - 2) << 7
-                rows3 = _rows_at(window, pair_start >> 7, 3)
-                low, high, row_start = rows3[0], rows3[1], pair_start
-            else:
-                step = (base - pair_start) >= ROW_WORDS  # [block, 1]
-                low = jnp.where(step, rows3[1], rows3[0])
-                high = jnp.where(step, rows3[2], rows3[1])
-                row_start = pair_start + jnp.where(step, ROW_WORDS, 0)
-            hi, lo, nbits, base, out = _decode_group_fast(
-                hi, lo, nbits, base, threshold, tri, pairs, low, high, row_start, last,
-                raw_words[g // per_raw], g, bits,
-            )  # fmt: skip
-            outs.extend(out)
-        out_ref[:, pl.ds(t * TILE_ROWS, TILE_ROWS), :] = jnp.stack(outs, axis=1)
-        return hi, lo, nbits, base
+        carry, outs = decode_groups(
+            program, carry, [raw_words[g // per_raw] for g in range(per_iter)], 0, bits
+        )
+        out_ref[:, pl.ds(t * TILE_ROWS, TILE_ROWS), :] = jnp.stack(sum(outs, ()), axis=1)
+        return carry
 
     copy.wait()
-    zeros = jnp.zeros((block, lanes), jnp.uint32)
-    init = (zeros, zeros, jnp.zeros((block, lanes), jnp.int32), base)
-    lax.fori_loop(0, raw_rows // raw_per_iter, body, init)
+    lax.fori_loop(0, raw_rows // raw_per_iter, body, carry)
 
 
 def pack_lut(lut: jax.Array) -> jax.Array:
@@ -341,7 +356,6 @@ def grouped_decode_tpu(
     stream2d, stream_rows = stream_rows_of(stream)
     block_sizes = block_sizes or BlockSizes.get_default(raw.shape, "pallas_tpu")
     block = block_sizes.chunks_per_program
-    rows = window_rows(block, steps, stream_rows)
     programs = pl.cdiv(chunks, block)
     kernel = functools.partial(
         _decode_kernel,
@@ -360,10 +374,7 @@ def grouped_decode_tpu(
             pl.BlockSpec((block, LUT_SIZE // 2), lambda b, *_: (b, 0)),
         ],
         out_specs=pl.BlockSpec((block, out_rows, lanes), lambda b, *_: (b, 0, 0)),
-        scratch_shapes=[
-            pltpu.VMEM((rows + 2 * WINDOW_PAD, ROW_WORDS), jnp.uint32),
-            pltpu.SemaphoreType.DMA,
-        ],
+        scratch_shapes=window_scratch(block, steps, stream_rows),
     )
     out_bytes = chunks * out_rows * lanes * 4
     return pl.pallas_call(

@@ -1,10 +1,11 @@
 """Fused version-2 decode + GEMV (small m) as a Pallas kernel for TPU (Mosaic).
 
 Why: at batch 1-8 a layer is bound by reading its weight; decoding inside the GEMV keeps the
-decoded weight out of HBM (decode-then-dot writes and re-reads it). There was no fused TPU
-kernel; this one is the version-2 TPU decode (``grouped_decode.pallas_tpu.program_setup``:
-8 chunks per program, one per sublane, the stream streamed into VMEM by DMA) with the
-multiply-accumulate on the VPU in place of the store.
+decoded weight out of HBM (decode-then-dot writes and re-reads it). This kernel is the
+version-2 TPU decode with the multiply-accumulate on the VPU in place of the store: the same
+``grouped_decode.pallas_tpu.program_start`` (8 chunks per program, one per sublane, the stream
+DMA'd into a VMEM window) and ``decode_groups`` (the decode's groups, window rows shared by
+two groups), so the two kernels decode at the same speed.
 
 Numerics: decoded values become float32 exactly, by bit arithmetic (FP8 E4M3/E5M2 in ~13 VPU
 ops, bit-identical to XLA's conversion; FP16 by its fields; BF16 by a shift; no float8 types
@@ -19,8 +20,10 @@ program are at the same (row, column group) at every step, so one activation row
 (permuted outside the kernel into the version-2 slot order) serves all 8 sublanes. A row's
 128 lane sums are reduced when it ends and stored at its lane of an [m, 8, rows] block. The 8
 chunks' words of a group are one sublane-strided load from the block's 2D view (a 3D
-``[:, r, :]`` slice left 8 one-sublane vregs, each converted on its own), and the group loop
-runs 4 groups an iteration so that their loads and conversions overlap.
+``[:, r, :]`` slice left 8 one-sublane vregs, each converted on its own). An iteration of the
+row loop decodes and multiplies a whole row of up to 8 groups (4096 FP8 weights a chunk), so
+the scheduler overlaps one group's conversions with the next groups' decode; longer rows run
+a group loop of 8, 4 or 2 groups an iteration (``group_unroll``).
 """
 
 from __future__ import annotations
@@ -35,15 +38,14 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.grouped_decode.config import BlockSizes
 from pallas_kernels.grouped_decode.pallas_tpu import (
-    ROW_WORDS,
+    decode_groups,
     pack_lut,
-    program_setup,
+    program_start,
     stream_rows_of,
-    window_rows,
+    window_scratch,
 )
 from pallas_kernels.grouped_decode.reference import (
     GROUP,
-    decode_group,
     groups_per_raw_word,
     kernel_arrays,
     value_bits,
@@ -54,9 +56,9 @@ from pallas_kernels.grouped_matmul.reference import slot_words
 LANES = 128
 GROUP_WEIGHTS = GROUP * LANES  # 512 consecutive weights of one row per group
 MAX_M = 8
-# groups a loop iteration; v5e, k = 4096, m = 1, bundles a group: FP8 twin 20 (1 group: 32,
-# 8: 18), fused FP8 154 (173, 155), BF16 twin 12 (21)
-GROUP_UNROLL = 4
+# groups a loop iteration (a whole row of up to 8); v5e, k = 4096, m = 1, bundles a group:
+# fused FP8 99 (4 an iteration: 103, 2: 113), FP8 twin 19 (4: 20, 1: 32)
+GROUP_UNROLL = 8
 
 # (exponent bits, mantissa bits, bias, IEEE-style infinities/NaNs) of the narrow floats
 _FIELDS = {
@@ -146,11 +148,14 @@ def value_to_float32(word, kk, dtype):
 
 
 def group_unroll(groups_per_row: int) -> int:
-    """Groups per iteration of the kernel's group loop: ``GROUP_UNROLL`` (or 2) when it divides
-    a row's groups and leaves a loop, else 1. Unrolling lets the scheduler overlap one group's
-    strided loads with another's conversion (the loop body is otherwise one dependency chain)."""
-    for u in (GROUP_UNROLL, 2):
-        if groups_per_row % u == 0 and groups_per_row > u:
+    """Groups per iteration of the kernel's group loop: a whole row of at most ``GROUP_UNROLL``
+    groups (then there is no group loop), else the largest of ``GROUP_UNROLL``, 4, 2 that
+    divides a row's groups, else 1. Unrolling lets the scheduler overlap one group's loads and
+    conversions with another's decode (the loop body is otherwise one dependency chain)."""
+    if groups_per_row <= GROUP_UNROLL:
+        return groups_per_row
+    for u in (GROUP_UNROLL, 4, 2):
+        if groups_per_row % u == 0:
             return u
     return 1
 
@@ -180,33 +185,38 @@ def permute_activations(x: jax.Array, bits: int) -> jax.Array:
 def _gemv_rows(x_ref, out_ref, rows, groups_per_row, dtype, next_words, state):
     """The row loop shared by the fused kernel and its twin (8 chunks, one per sublane).
 
-    ``next_words(g, state) -> (words, state)``: group ``g``'s output words of the 8 chunks,
-    a tuple of uint32[8, 128].
+    ``next_words(g, count, state) -> (words, state)``: for each of the ``count`` groups from
+    ``g`` on, its output words of the 8 chunks, a tuple of uint32[8, 128]. An iteration of
+    the group loop takes ``group_unroll(groups_per_row)`` groups.
     """
     m = x_ref.shape[0]
     bits = value_bits(dtype)
     per_word = 32 // bits
+    unroll = group_unroll(groups_per_row)
     lane = lax.broadcasted_iota(jnp.int32, out_ref.shape[2:], 1)  # [8, rows]
     out_ref[...] = jnp.zeros(out_ref.shape, jnp.float32)
 
     def row_body(r, state):
-        def group_body(q, inner):
+        def group_body(u, inner):
             acc, state = inner
-            words, state = next_words(r * groups_per_row + q, state)
+            q0 = u * unroll  # the row's group
+            groups, state = next_words(r * groups_per_row + q0, unroll, state)
             acc = list(acc)
-            for p, word in enumerate(words):
-                for kk in range(per_word):
-                    j = p * per_word + kk
-                    w = value_to_float32(word, kk, dtype)  # [8, 128]
-                    for i in range(m):
-                        xj = x_ref[i, pl.ds(q * GROUP + j, 1), :]  # [1, 128]
-                        acc[i] = acc[i] + w * xj
+            for d, words in enumerate(groups):
+                for p, word in enumerate(words):
+                    for kk in range(per_word):
+                        j = p * per_word + kk
+                        w = value_to_float32(word, kk, dtype)  # [8, 128]
+                        for i in range(m):
+                            xj = x_ref[i, pl.ds((q0 + d) * GROUP + j, 1), :]  # [1, 128]
+                            acc[i] = acc[i] + w * xj
             return tuple(acc), state
 
         zeros = tuple(jnp.zeros((8, LANES), jnp.float32) for _ in range(m))
-        acc, state = lax.fori_loop(
-            0, groups_per_row, group_body, (zeros, state), unroll=group_unroll(groups_per_row)
-        )
+        if unroll == groups_per_row:
+            acc, state = group_body(0, (zeros, state))
+        else:
+            acc, state = lax.fori_loop(0, groups_per_row // unroll, group_body, (zeros, state))
         for i in range(m):
             total = jnp.sum(acc[i], axis=-1, keepdims=True)  # [8, 1]
             out_ref[0, i] = jnp.where(lane == r, total, out_ref[0, i])
@@ -219,37 +229,45 @@ def _fused_kernel(
     offsets_ref, threshold_ref, stream_hbm, raw_ref, lut_ref, x_ref, out_ref, window, sem,
     *, chunks, stream_rows, num_words, rows, groups_per_row, dtype,
 ):  # fmt: skip
-    block, lanes = 8, raw_ref.shape[1]
+    block = 8
     raw_rows = raw_ref.shape[0] // block
     bits = value_bits(dtype)
     per_raw = groups_per_raw_word(bits)
-    ops, threshold, base, copy = program_setup(
+    program, carry, copy = program_start(
         offsets_ref, threshold_ref, stream_hbm, lut_ref, window, sem,
-        block=block, chunks=chunks, stream_rows=stream_rows,
+        chunks=chunks, stream_rows=stream_rows, num_words=num_words,
     )  # fmt: skip
 
-    def next_words(g, state):
-        hi, lo, nbits, base = state
-        raw_word = raw_ref[pl.ds(g // per_raw, block, stride=raw_rows), :]
-        hi, lo, nbits, base, words = decode_group(
-            hi, lo, nbits, base, threshold, ops, raw_word, g, num_words, bits
-        )
-        return words, (hi, lo, nbits, base)
+    def raw_word(h):  # the 8 chunks' raw word ``h``: one sublane-strided load
+        return raw_ref[pl.ds(h, block, stride=raw_rows), :]
+
+    def next_words(g, count, carry):
+        if count % per_raw == 0 and groups_per_row % per_raw == 0:  # g is even for FP8
+            loaded = [raw_word(g // per_raw + h) for h in range(count // per_raw)]
+            raws = [loaded[d // per_raw] for d in range(count)]
+            first = 0  # only the parity of a group's index matters
+        else:
+            raws = [raw_word((g + d) // per_raw) for d in range(count)]
+            first = g
+        carry, outs = decode_groups(program, carry, raws, first, bits)
+        return outs, carry
 
     copy.wait()
-    zeros = jnp.zeros((block, lanes), jnp.uint32)
-    state = (zeros, zeros, jnp.zeros((block, lanes), jnp.int32), base)
-    _gemv_rows(x_ref, out_ref, rows, groups_per_row, dtype, next_words, state)
+    _gemv_rows(x_ref, out_ref, rows, groups_per_row, dtype, next_words, carry)
 
 
 def _twin_kernel(words_ref, x_ref, out_ref, *, rows, groups_per_row, dtype, out_rows):
     per_group = words_per_group(value_bits(dtype))
 
-    def next_words(g, state):
-        words = tuple(
-            words_ref[pl.ds(g * per_group + p, 8, stride=out_rows), :] for p in range(per_group)
-        )
-        return words, state
+    def next_words(g, count, state):
+        groups = [
+            tuple(
+                words_ref[pl.ds((g + d) * per_group + p, 8, stride=out_rows), :]
+                for p in range(per_group)
+            )
+            for d in range(count)
+        ]
+        return groups, state
 
     _gemv_rows(x_ref, out_ref, rows, groups_per_row, dtype, next_words, 0)
 
@@ -301,7 +319,6 @@ def grouped_gemv_tpu(
         stream, chunk_offsets, raw, lut, threshold
     )
     stream2d, stream_rows = stream_rows_of(stream)
-    window = window_rows(block, steps, stream_rows)
     programs = pl.cdiv(chunks, block)
     rows = steps * LANES // k
     kernel = functools.partial(
@@ -319,7 +336,7 @@ def grouped_gemv_tpu(
             pl.BlockSpec(xp.shape, lambda b, *_: (0, 0, 0)),
         ],
         out_specs=pl.BlockSpec((1, m, block, rows), lambda b, *_: (b, 0, 0, 0)),
-        scratch_shapes=[pltpu.VMEM((window, ROW_WORDS), jnp.uint32), pltpu.SemaphoreType.DMA],
+        scratch_shapes=window_scratch(block, steps, stream_rows),
     )
     out = pl.pallas_call(
         kernel,

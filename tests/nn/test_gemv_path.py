@@ -86,8 +86,8 @@ def test_tpu_fused_and_decode_first_gemv_equal_the_raw_twin_bit_for_bit():
 
 
 def test_layers_keep_decode_then_dot_on_tpu():
-    # codec.LAYER_GEMV_PLATFORMS: the TPU GEMV is no faster than decoding there, and its raw
-    # twin would slow uncompressed FP8 layers, so both layers stay on XLA's dot.
+    # codec.LAYER_GEMV_PLATFORMS: the fused TPU GEMV is no faster than decode-then-dot for FP8
+    # there, and its raw twin would slow uncompressed FP8 layers, so both stay on XLA's dot.
     fp8, ecf8 = _layers()
     assert "gemv" not in _lowered(fp8, "tpu") and "dot_general" in _lowered(fp8, "tpu")
     text = _lowered(ecf8, "tpu")

@@ -34,21 +34,26 @@ def _encode(w, steps=STEPS):
 
 
 @pytest.mark.parametrize(
-    ("dtype", "m", "n", "k"),
+    ("dtype", "m", "n", "k", "steps"),
     # n=72, k=512: 9 chunks of 8 rows, two programs, the second with one chunk; k=2048 and
-    # 4096 (one row a chunk, the last program part-filled): the group loop unrolled 2 and 4
-    [(ml_dtypes.float8_e4m3fn, 1, 72, 512), (ml_dtypes.float8_e5m2, 3, 72, 512),
-     (ml_dtypes.bfloat16, 2, 72, 512), (np.float16, 1, 72, 512),
-     (ml_dtypes.float8_e4m3fn, 2, 12, 4096), (ml_dtypes.float8_e5m2, 1, 12, 2048),
-     (ml_dtypes.bfloat16, 1, 12, 4096)],
+    # 4096 (one row a chunk, the last program part-filled): rows of 4 and 8 groups, no group
+    # loop; k=1536: 3 groups a row (FP8 groups with no raw-word partner); k=4608: 9 groups, a
+    # group loop of one group an iteration; k=8192: 16 groups, two iterations of 8
+    [(ml_dtypes.float8_e4m3fn, 1, 72, 512, STEPS), (ml_dtypes.float8_e5m2, 3, 72, 512, STEPS),
+     (ml_dtypes.bfloat16, 2, 72, 512, STEPS), (np.float16, 1, 72, 512, STEPS),
+     (ml_dtypes.float8_e4m3fn, 2, 12, 4096, STEPS), (ml_dtypes.float8_e5m2, 1, 12, 2048, STEPS),
+     (ml_dtypes.bfloat16, 1, 12, 4096, STEPS), (ml_dtypes.float8_e4m3fn, 1, 16, 1536, 96),
+     (ml_dtypes.float8_e5m2, 2, 4, 4608, 72), (ml_dtypes.bfloat16, 1, 4, 4608, 72),
+     (ml_dtypes.float8_e4m3fn, 1, 3, 8192, 64)],
 )  # fmt: skip
-def test_tpu_fused_gemv_equals_its_raw_twin_bit_for_bit(dtype, m, n, k):
+def test_tpu_fused_gemv_equals_its_raw_twin_bit_for_bit(dtype, m, n, k, steps):
     w = (np.random.default_rng(0).standard_normal((n, k)) * 0.1).astype(dtype)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((m, k)), jnp.float32)
     scale = jnp.asarray(np.random.default_rng(2).random(n), jnp.float32)
     params = compat.tpu_interpret_params()
-    fused = grouped_gemv_tpu(x, *_encode(w), scale, n=n, dtype=jnp.dtype(dtype), interpret=params)
-    twin = rows_gemv_tpu(x, jnp.asarray(w), scale, chunk_steps=STEPS, interpret=params)
+    enc = _encode(w, steps)
+    fused = grouped_gemv_tpu(x, *enc, scale, n=n, dtype=jnp.dtype(dtype), interpret=params)
+    twin = rows_gemv_tpu(x, jnp.asarray(w), scale, chunk_steps=steps, interpret=params)
     assert fused.shape == (m, n)
     np.testing.assert_array_equal(np.asarray(fused).view(np.uint32),
                                   np.asarray(twin).view(np.uint32))  # fmt: skip
@@ -121,8 +126,9 @@ def test_in_kernel_conversion_is_exact_in_a_pallas_kernel(dtype):
     np.testing.assert_array_equal(np.isnan(got.view(np.float32)[nan]), True)
 
 
-def test_group_loop_unrolls_only_where_a_loop_remains():
-    assert [group_unroll(g) for g in (1, 2, 3, 4, 6, 8, 16)] == [1, 1, 1, 2, 2, 4, 4]
+def test_group_loop_takes_whole_rows_of_up_to_8_groups_else_a_divisor():
+    groups = (1, 2, 3, 4, 6, 8, 9, 12, 16, 28)
+    assert [group_unroll(g) for g in groups] == [1, 2, 3, 4, 6, 8, 1, 4, 8, 4]
 
 
 def test_unsupported_shapes_say_why():
