@@ -23,12 +23,6 @@ _SCAN_BLOCK = 8
 """Rows of one block of ``_inclusive_scan``; chunk groups (``steps / 4``) are a multiple."""
 
 
-def _values(a: np.ndarray, groups: int, width: g2.Width) -> list[np.ndarray]:
-    """Slot-order values -> four ``[group, lane]`` views: value ``j`` of each lane's group."""
-    v = a.reshape(groups, width.words_per_group, LANES, width.per_word)
-    return [v[:, j // width.per_word, :, j % width.per_word] for j in range(g2.GROUP)]
-
-
 def _inclusive_scan(x: np.ndarray) -> np.ndarray:
     """int32[groups, lanes] running sums over groups, in place (numpy's cumsum is a serial
     loop; adding whole rows of blocks of ``_SCAN_BLOCK`` groups is ~2x faster)."""
@@ -77,68 +71,49 @@ def _canonical_codes(lengths: np.ndarray) -> np.ndarray:
     return np.where(lens > 0, codes, 0).astype(np.uint32)
 
 
-def _fp8_pairs(padded: np.ndarray, valid: int, groups: int):
-    """FP8: code lengths and ``[group, lane, 2]`` joined codes and lengths of value pairs.
+def _joined_codes(padded: np.ndarray, valid: int, groups: int, width: g2.Width):
+    """Code lengths, and each lane's four codes of a group joined (MSB first, at most 32 bits)
+    with their total length: uint32[group, lane] each.
 
-    Two adjacent bytes are one uint16 index into a 65536-entry table of the pair's joined
-    code, built per chunk from the 256-entry byte tables: half the table reads of one a value.
+    Two adjacent values (a pair, one uint16 / uint32) give one index ``s0 | s1 << K`` of their
+    K-bit symbols into tables of the pair's joined code and length, built per chunk (256
+    entries for FP8, 65536 for 16-bit values): half the table reads of one a value.
     """
-    index = padded.view("<u2").astype(np.intp)
+    k = width.symbol_bits
+    mask = width.num_symbols - 1
+    v = padded.view(f"<u{width.bits // 4}")
+    index = (v >> width.symbol_shift) & mask  # s0, bits 0..k-1; s1 above
+    index |= (v >> (width.bits + width.symbol_shift - k)) & (mask << k)
+    index = index.astype(np.intp)
     half = valid // 2
-    pair_counts = np.bincount(index[:half], minlength=1 << 16).reshape(256, 256)
-    byte_counts = pair_counts.sum(axis=0) + pair_counts.sum(axis=1)
-    if valid % 2:  # the last value of a ragged chunk starts a pair
-        byte_counts[padded[valid - 1]] += 1
-    counts = byte_counts.reshape(2, g2.NUM_SYMBOLS, -1).sum(axis=(0, 2))
+    pair_counts = np.bincount(index[:half], minlength=1 << 2 * k).reshape(1 << k, 1 << k)
+    counts = pair_counts.sum(axis=0) + pair_counts.sum(axis=1)
+    last = width.symbol_of(padded[valid - 1]) if valid % 2 else None
+    if last is not None:  # the last value of a ragged chunk starts a pair
+        counts[last] += 1
     lengths = code_lengths(counts, g2.MAX_CODE_LEN)
     codes = _canonical_codes(lengths)
-    byte_symbol = g2.FP8.symbol_of(np.arange(256))
-    byte_len = lengths[byte_symbol].astype(np.uint32)
-    byte_code = codes[byte_symbol]
-    # [second byte, first byte]: the first value's code comes first (MSB).
-    pair_len = byte_len[None, :] + byte_len[:, None]
-    pair_code = (byte_code[None, :] << byte_len[:, None]) | byte_code[:, None]
+    sym_len = lengths.astype(np.uint32)
+    # [s1, s0]: the first value's code comes first (MSB).
+    pair_len = sym_len[None, :] + sym_len[:, None]
+    pair_code = (codes[None, :] << sym_len[:, None]) | codes[:, None]
     lens = np.take(pair_len.reshape(-1), index)
     code = np.take(pair_code.reshape(-1), index)
     if valid < padded.shape[0]:  # padding is not coded
         lens[half:] = 0
         code[half:] = 0
-        if valid % 2:
-            lens[half] = byte_len[padded[valid - 1]]
-            code[half] = byte_code[padded[valid - 1]]
-    lens = lens.reshape(groups, LANES, 2)
-    code = code.reshape(groups, LANES, 2)
-    group_bits = lens[..., 0] + lens[..., 1]
-    joined = code[..., 0] << lens[..., 1]
-    joined |= code[..., 1]
-    return lengths, joined, group_bits
-
-
-def _wide_values(padded: np.ndarray, valid: int, groups: int, width: g2.Width):
-    """16-bit values: code lengths and ``[group, lane]`` joined codes and lengths."""
-    # Tables are indexed by the value shifted right by the symbol's shift (the raw sign bit
-    # stays above the symbol: 2 * num_symbols entries), with intp indices (numpy converts
-    # any other index type on every read).
-    index = (padded >> width.symbol_shift).astype(np.intp)
-    entries = 2 * width.num_symbols
-    counts = np.bincount(index[:valid], minlength=entries)
-    counts = counts.reshape(2, width.num_symbols).sum(axis=0)
-    lengths = code_lengths(counts, g2.MAX_CODE_LEN)
-    codes = _canonical_codes(lengths)
-    lens = np.take(np.tile(lengths.astype(np.uint32), 2), index)
-    code = np.take(np.tile(codes, 2), index)
-    if valid < padded.shape[0]:  # padding is not coded
-        lens[valid:] = 0
-        code[valid:] = 0
-    l_j = _values(lens, groups, width)
-    c_j = _values(code, groups, width)
-    joined = c_j[0] << l_j[1]
-    joined |= c_j[1]
-    group_bits = l_j[0] + l_j[1]
-    for j in range(2, g2.GROUP):
-        joined <<= l_j[j]
-        joined |= c_j[j]
-        group_bits += l_j[j]
+        if last is not None:
+            lens[half] = sym_len[last]
+            code[half] = codes[last]
+    # Pair q (values 2q, 2q + 1) of each lane's group, as [group, lane] views.
+    per = width.per_word // 2
+    lens = lens.reshape(groups, width.words_per_group, LANES, per)
+    code = code.reshape(groups, width.words_per_group, LANES, per)
+    l0, l1 = lens[:, 0, :, 0], lens[:, 1 // per, :, 1 % per]
+    c0, c1 = code[:, 0, :, 0], code[:, 1 // per, :, 1 % per]
+    group_bits = l0 + l1
+    joined = c0 << l1
+    joined |= c1
     return lengths, joined, group_bits
 
 
@@ -163,10 +138,7 @@ def encode_chunk(padded: np.ndarray, valid: int, width: g2.Width = g2.FP8):
         padded = padded.copy()
         padded[valid:] = 0
     # A lane's four codes of a group joined, MSB first: at most 32 bits.
-    if width.bits == 8:
-        lengths, joined, group_bits = _fp8_pairs(padded, valid, groups)
-    else:
-        lengths, joined, group_bits = _wide_values(padded, valid, groups, width)
+    lengths, joined, group_bits = _joined_codes(padded, valid, groups, width)
     group_bits = group_bits.astype(np.int32)
 
     # Bits each lane consumed before each group; words taken after the refill of group g:
