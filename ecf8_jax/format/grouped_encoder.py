@@ -38,25 +38,28 @@ def _inclusive_scan(x: np.ndarray) -> np.ndarray:
 
 def _raw_plane(padded: np.ndarray, groups: int, width: g2.Width) -> np.ndarray:
     """uint32[steps // raws_per_word, LANES] raw words: lane ``l``'s raw field of step ``t`` at
-    bits ``raw_bits * (t % raws_per_word)``, built with shifts and masks on whole words."""
-    x = padded.view("<u4").reshape(-1, LANES).astype(np.uint32, copy=False)
+    bits ``raw_bits * (t % raws_per_word)``, built with shifts and masks on the output words
+    of two lanes at once (uint64; the masks keep each lane's half to itself)."""
+    x = padded.view("<u8").reshape(-1, LANES // 2)
     if width.bits == 8:
-        # Word (g, l) holds lane l's four bytes of group g, byte j at bits 8j. Nibble j =
-        # bit 7 as bit 3 | bits 2..0 of byte j, then squeezed to bits 4j.
-        f = ((x >> 4) & 0x08080808) | (x & 0x07070707)
+        # A lane's half holds its four bytes of group g, byte j at bits 8j. Nibble j = bit 7
+        # as bit 3 | bits 2..0 of byte j, then squeezed to bits 4j.
+        f = ((x >> 4) & 0x0808080808080808) | (x & 0x0707070707070707)
         f |= f >> 4
-        f &= 0x00FF00FF
+        f &= 0x00FF00FF00FF00FF
         f |= f >> 8
-        f &= 0xFFFF
-        pair = f.reshape(groups // 2, 2, LANES)  # two groups to a raw word
-        return pair[:, 0] | (pair[:, 1] << 16)
-    # Word (g, p, l) holds values 2p, 2p + 1 of lane l at bits 0, 16; raw byte = bit 15 as
-    # bit 7 | bits 6..0.
-    f = ((x >> 8) & 0x00800080) | (x & 0x007F007F)
-    f |= f >> 8
-    f &= 0xFFFF
-    pair = f.reshape(groups, 2, LANES)
-    return pair[:, 0] | (pair[:, 1] << 16)
+        f &= 0x0000FFFF0000FFFF
+        pair = f.reshape(groups // 2, 2, LANES // 2)  # two groups to a raw word
+    else:
+        # A lane's half of word (g, p) holds values 2p, 2p + 1 at bits 0, 16; raw byte =
+        # bit 15 as bit 7 | bits 6..0.
+        f = ((x >> 8) & 0x0080008000800080) | (x & 0x007F007F007F007F)
+        f |= f >> 8
+        f &= 0x0000FFFF0000FFFF
+        pair = f.reshape(groups, 2, LANES // 2)
+    out = pair[:, 1] << 16
+    out |= pair[:, 0]
+    return out.view("<u4").astype(np.uint32, copy=False)
 
 
 def _canonical_codes(lengths: np.ndarray) -> np.ndarray:
