@@ -80,7 +80,7 @@ def _joined_codes(padded: np.ndarray, valid: int, groups: int, width: g2.Width):
 
     Two adjacent values (a pair, one uint16 / uint32) give one index ``s0 | s1 << K`` of their
     K-bit symbols into tables of the pair's joined code and length, built per chunk (256
-    entries for FP8, 65536 for 16-bit values): half the table reads of one a value.
+    entries for FP8, 65536 for 16-bit values): one table read per two values.
     """
     k = width.symbol_bits
     mask = width.num_symbols - 1
