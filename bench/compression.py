@@ -588,6 +588,7 @@ SIZE_COLUMNS = [
 SPEED_COLUMNS = [
     Column("corpus", "corpus"),
     Column("ecf8_encode_mbps", "ECF8 enc", ".1f"),
+    Column("ecf8_encode_cpu_mbps", "ECF8 enc CPU", ".1f"),
     Column("ecf8_decode_mbps", "ECF8 dec", ".1f"),
     Column("ecf8_jnp_decode_mbps", "ECF8 jnp dec", ".1f"),
     Column("zstd_encode_mbps", "zstd enc", ".1f"),

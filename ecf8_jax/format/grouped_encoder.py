@@ -3,8 +3,12 @@
 As in version 1 the decoder's refill schedule is computed in closed form: before group ``g`` a
 lane holds ``32 * w - B_g`` bits, where ``w`` is the number of words it has taken and ``B_g``
 the code bits it consumed in groups ``< g``. It takes a word when that is below the chunk's
-threshold ``T``, so after the refill of group ``g`` it has taken ``ceil((B_g + T) / 32)`` words. Words are written in the
-order the decoder takes them: chunk, then group, then lane.
+threshold ``T``, so after the refill of group ``g`` it has taken ``ceil((B_g + T) / 32)`` words.
+Words are written in the order the decoder takes them: chunk, then group, then lane.
+
+Everything runs on ``[group, lane]`` arrays in slot order (no transposes): a lane's four codes
+of a group are joined into one code of at most 32 bits first, so the bit packing handles a
+quarter of the symbols.
 """
 
 from __future__ import annotations
@@ -15,33 +19,105 @@ from ecf8_jax.format import grouped as g2
 from ecf8_jax.format.codebook import code_lengths
 from ecf8_jax.format.constants import LANES
 
+_SCAN_BLOCK = 8
+"""Rows of one block of ``_inclusive_scan``; chunk groups (``steps / 4``) are a multiple."""
 
-def _lane_major(a: np.ndarray, groups: int, width: g2.Width) -> np.ndarray:
-    """Slot order -> [lane, group * 4 + j]: lane ``l``'s values in decoding order.
 
-    Lane ``l``'s ``per_word`` values of one output word are adjacent slots, so the reorder is
-    a plain 2-D transpose of those runs viewed as single wider elements.
-    """
-    run = np.dtype(f"V{width.per_word * a.dtype.itemsize}")
-    rows = np.ascontiguousarray(a).view(run).reshape(groups * width.words_per_group, LANES)
-    return np.ascontiguousarray(rows.T).view(a.dtype).reshape(LANES, groups * g2.GROUP)
+def _inclusive_scan(x: np.ndarray) -> np.ndarray:
+    """[groups, lanes] running sums over groups, in place (numpy's cumsum is a serial loop;
+    adding whole rows of blocks of ``_SCAN_BLOCK`` groups is ~2x faster)."""
+    if x.shape[0] % _SCAN_BLOCK:
+        return np.cumsum(x, axis=0, dtype=x.dtype, out=x)
+    b = x.reshape(-1, _SCAN_BLOCK, x.shape[1])
+    for i in range(1, _SCAN_BLOCK):
+        b[:, i] += b[:, i - 1]
+    if b.shape[0] > 1:
+        b[1:] += np.cumsum(b[:-1, -1], axis=0, dtype=x.dtype)[:, None]
+    return x
 
 
 def _raw_plane(padded: np.ndarray, groups: int, width: g2.Width) -> np.ndarray:
     """uint32[steps // raws_per_word, LANES] raw words: lane ``l``'s raw field of step ``t`` at
-    bits ``raw_bits * (t % raws_per_word)``, built as little-endian bytes (no 32-bit shifts)."""
-    if width.bits == 8:  # nibble = bit 7 as bit 3, bits 2..0
-        fields = ((padded >> 4) & 0x08) | (padded & 0x07)
-        # [h, 2 groups, lane, 4 steps] -> [h, lane, 8 steps]; two nibbles to a byte.
-        f = fields.reshape(groups // 2, 2, LANES, g2.GROUP).transpose(0, 2, 1, 3)
-        f = f.reshape(groups // 2, LANES, 4, 2)
-        packed = f[..., 0] | (f[..., 1] << 4)
-    else:  # raw byte = bit 15 as bit 7, bits 6..0
-        fields = ((padded >> 8) & 0x80).astype(np.uint8) | (padded & 0x7F).astype(np.uint8)
-        # [g, word p, lane, half k] -> [g, lane, 4 values]: value j = 2p + k.
-        packed = fields.reshape(groups, 2, LANES, 2).transpose(0, 2, 1, 3)
-    packed = np.ascontiguousarray(packed, dtype=np.uint8)
-    return packed.reshape(packed.shape[0], LANES * 4).view("<u4").astype(np.uint32, copy=False)
+    bits ``raw_bits * (t % raws_per_word)``, built with shifts and masks on the output words
+    of two lanes at once (uint64; the masks keep each lane's half to itself)."""
+    x = padded.view("<u8").reshape(-1, LANES // 2)
+    if width.bits == 8:
+        # A lane's half holds its four bytes of group g, byte j at bits 8j. Nibble j = bit 7
+        # as bit 3 | bits 2..0 of byte j, then squeezed to bits 4j.
+        f = ((x >> 4) & 0x0808080808080808) | (x & 0x0707070707070707)
+        f |= f >> 4
+        f &= 0x00FF00FF00FF00FF
+        f |= f >> 8
+        f &= 0x0000FFFF0000FFFF
+        pair = f.reshape(groups // 2, 2, LANES // 2)  # two groups to a raw word
+    else:
+        # A lane's half of word (g, p) holds values 2p, 2p + 1 at bits 0, 16; raw byte =
+        # bit 15 as bit 7 | bits 6..0.
+        f = ((x >> 8) & 0x0080008000800080) | (x & 0x007F007F007F007F)
+        f |= f >> 8
+        f &= 0x0000FFFF0000FFFF
+        pair = f.reshape(groups, 2, LANES // 2)
+    out = pair[:, 1] << 16
+    out |= pair[:, 0]
+    return out.view("<u4").astype(np.uint32, copy=False)
+
+
+def _canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """uint32 canonical codes (``grouped.canonical_codes``): in (length, symbol) order, a
+    code is its predecessors' Kraft sum, ``sum 2**(8 - l)``, scaled to its own length."""
+    lens = lengths.astype(np.int64)
+    order = np.argsort(np.where(lens > 0, lens, g2.MAX_CODE_LEN + 1), kind="stable")
+    kraft = np.where(lens > 0, 1 << (g2.MAX_CODE_LEN - lens), 0)[order]
+    codes = np.zeros(lens.shape, np.int64)
+    codes[order] = np.cumsum(kraft) - kraft
+    codes >>= g2.MAX_CODE_LEN - lens
+    return np.where(lens > 0, codes, 0).astype(np.uint32)
+
+
+def _joined_codes(padded: np.ndarray, valid: int, groups: int, width: g2.Width):
+    """Code lengths, and each lane's four codes of a group joined (MSB first, at most 32 bits)
+    with their total length: uint32[group, lane] each.
+
+    Two adjacent values (a pair, one uint16 / uint32) give one index ``s0 | s1 << K`` of their
+    K-bit symbols into tables of the pair's joined code and length, built per chunk (256
+    entries for FP8, 65536 for 16-bit values): one table read per two values.
+    """
+    k = width.symbol_bits
+    mask = width.num_symbols - 1
+    v = padded.view(f"<u{width.bits // 4}")
+    index = (v >> width.symbol_shift) & mask  # s0, bits 0..k-1; s1 above
+    index |= (v >> (width.bits + width.symbol_shift - k)) & (mask << k)
+    index = index.astype(np.intp)
+    half = valid // 2
+    pair_counts = np.bincount(index[:half], minlength=1 << 2 * k).reshape(1 << k, 1 << k)
+    counts = pair_counts.sum(axis=0) + pair_counts.sum(axis=1)
+    last = width.symbol_of(padded[valid - 1]) if valid % 2 else None
+    if last is not None:  # the last value of a ragged chunk starts a pair
+        counts[last] += 1
+    lengths = code_lengths(counts, g2.MAX_CODE_LEN)
+    codes = _canonical_codes(lengths)
+    sym_len = lengths.astype(np.uint32)
+    # [s1, s0]: the first value's code comes first (MSB).
+    pair_len = sym_len[None, :] + sym_len[:, None]
+    pair_code = (codes[None, :] << sym_len[:, None]) | codes[:, None]
+    lens = np.take(pair_len.reshape(-1), index)
+    code = np.take(pair_code.reshape(-1), index)
+    if valid < padded.shape[0]:  # padding is not coded
+        lens[half:] = 0
+        code[half:] = 0
+        if last is not None:
+            lens[half] = sym_len[last]
+            code[half] = codes[last]
+    # Pair q (values 2q, 2q + 1) of each lane's group, as [group, lane] views.
+    per = width.per_word // 2
+    lens = lens.reshape(groups, width.words_per_group, LANES, per)
+    code = code.reshape(groups, width.words_per_group, LANES, per)
+    l0, l1 = lens[:, 0, :, 0], lens[:, 1 // per, :, 1 % per]
+    c0, c1 = code[:, 0, :, 0], code[:, 1 // per, :, 1 % per]
+    group_bits = l0 + l1
+    joined = c0 << l1
+    joined |= c1
+    return lengths, joined, group_bits
 
 
 def encode_chunk(padded: np.ndarray, valid: int, width: g2.Width = g2.FP8):
@@ -59,80 +135,52 @@ def encode_chunk(padded: np.ndarray, valid: int, width: g2.Width = g2.FP8):
     """
     slots = padded.shape[0]
     groups = slots // (g2.GROUP * LANES)
-    symbols = (padded >> width.symbol_shift).astype(np.uint8)  # 16-bit: the cast masks
-    if width.num_symbols < 256:
-        symbols &= width.num_symbols - 1
     ragged = valid < slots
-    # Lane-major order [lane, group * 4 + j]: each lane's codes in bit-string order. Table
-    # reads index with intp (numpy converts any other index type on every read).
-    sym = _lane_major(symbols, groups, width).astype(np.intp)
-    counts = np.bincount(
-        symbols[:valid] if ragged else sym.reshape(-1), minlength=width.num_symbols
-    )
-    lengths = code_lengths(counts, g2.MAX_CODE_LEN)
-    codes = g2.canonical_codes(lengths, np).astype(np.uint64)
-
-    lens = np.take(lengths.astype(np.int32), sym)
-    if ragged:  # padding is not coded
-        mask = _lane_major(np.arange(slots) < valid, groups, width)
-        lens[~mask] = 0
-    # Bits each lane consumed before each symbol: a running sum over groups (a quarter of the
-    # symbols; numpy's cumsum is a serial loop), then within each group of four.
-    quad = lens.reshape(LANES, groups, g2.GROUP)
-    group_bits = quad[:, :, 0] + quad[:, :, 1]
-    group_bits += quad[:, :, 2]
-    group_bits += quad[:, :, 3]
-    before_group = np.cumsum(group_bits, axis=1, dtype=np.int32)
-    before_group -= group_bits  # [LANES, groups]
-
-    # Words taken after the refill of group g: the fewest w with 32 w - B_g >= threshold.
-    threshold = int(g2.refill_below(lengths, np))
-    taken = (before_group + (threshold + g2.WORD_BITS - 1)) >> 5
-    refill = np.empty(taken.shape, dtype=bool)
-    refill[:, 0] = True
-    np.not_equal(taken[:, 1:], taken[:, :-1], out=refill[:, 1:])
-    if ragged:  # refills only padding would need come last: not written
-        refill &= mask[:, :: g2.GROUP]
-    lane_words = refill.sum(axis=1, dtype=np.int32)
-    lane_start = np.cumsum(lane_words, dtype=np.int32) - lane_words
-
-    # Lane l's bits fill words lane_start[l], ...: a code at bit position ``pos`` (counted over
-    # those words) sits in the 64-bit window of words (pos >> 5, pos >> 5 + 1), as its
-    # left-justified 64-bit form shifted right by pos & 31. Positions never decrease in
-    # lane-major order, so the codes of one word are contiguous and their bits disjoint:
-    # summing their windows is an OR.
-    wide = slots * g2.MAX_CODE_LEN + LANES * 2 * g2.WORD_BITS >= 1 << 31
-    start = before_group.astype(np.int64 if wide else np.int32)
-    start += (lane_start * g2.WORD_BITS).astype(start.dtype)[:, None]
-    pos = np.empty(quad.shape, start.dtype)
-    pos[:, :, 0] = start
-    for j in range(1, g2.GROUP):
-        np.add(pos[:, :, j - 1], quad[:, :, j - 1], out=pos[:, :, j])
-    pos = pos.reshape(LANES, -1)
-    left = np.where(lengths > 0, codes << (64 - lengths.astype(np.uint64)), 0).astype(np.uint64)
-    window = np.take(left, sym)
-    np.right_shift(window, (pos & (g2.WORD_BITS - 1)).astype(np.uint8), out=window,
-                   dtype=np.uint64)  # fmt: skip
-    if ragged:
-        window[~mask] = 0
-    word = (pos >> 5).reshape(-1)
-    change = np.empty(word.shape, dtype=bool)
-    change[0] = True
-    np.not_equal(word[1:], word[:-1], out=change[1:])
-    starts = np.flatnonzero(change)
-    ids = word[starts]
-    sums = np.add.reduceat(window.reshape(-1), starts)
-    scratch = np.zeros(int(lane_words.sum()) + 2, np.uint32)
-    scratch[ids] = (sums >> 32).astype(np.uint32)
-    scratch[ids + 1] |= sums.astype(np.uint32)
-
-    # Hand the words out in decoder order: group, then lane.
-    order = (taken - 1 + lane_start[:, None]).T.reshape(-1)
-    words = scratch[order[np.flatnonzero(refill.T.reshape(-1))]]
-
-    if ragged:
+    padded = np.ascontiguousarray(padded)
+    if ragged and padded[valid:].any():
         padded = padded.copy()
         padded[valid:] = 0
+    # A lane's four codes of a group joined, MSB first: at most 32 bits.
+    lengths, joined, group_bits = _joined_codes(padded, valid, groups, width)
+    # Bit counts within a lane fit uint16 (half the memory traffic) up to 8184 steps.
+    narrow = groups * g2.WORD_BITS + 2 * g2.WORD_BITS < 1 << 16
+    group_bits = group_bits.astype(np.uint16 if narrow else np.int32)
+
+    # Bits each lane consumed before each group; words taken after the refill of group g:
+    # the fewest w with 32 w - B_g >= threshold.
+    before = _inclusive_scan(group_bits.copy())
+    before -= group_bits  # [groups, LANES]
+    threshold = g2.GROUP * max(1, int(lengths.max()))
+    taken = before + (threshold + g2.WORD_BITS - 1)
+    taken >>= 5
+    refill = np.empty(taken.shape, dtype=bool)
+    refill[0] = True
+    np.not_equal(taken[1:], taken[:-1], out=refill[1:])
+    if ragged:  # refills only padding would need come last: not written
+        first = np.arange(groups)[:, None] * (g2.GROUP * LANES)
+        first = first + np.arange(LANES) * width.per_word
+        refill &= first < valid
+    lane_words = refill.sum(axis=0, dtype=np.int32)
+    lane_start = np.cumsum(lane_words, dtype=np.int32) - lane_words
+    total = int(lane_words.sum())
+
+    # Lane l's bits fill words lane_start[l], ...: a joined code at bit position ``B_g`` of
+    # the lane sits in the 64-bit window of words (B_g >> 5, B_g >> 5 + 1) from lane_start,
+    # left-justified and shifted right by B_g & 31. The windows of one word have disjoint
+    # bits, so their sum (``np.add.at``) is their OR.
+    shift = before & (g2.WORD_BITS - 1)
+    shift += group_bits
+    window = joined.astype(np.uint64)
+    window <<= np.subtract(64, shift, dtype=shift.dtype).astype(np.uint8)
+    word = np.add(before >> 5, lane_start, dtype=np.intp)
+    windows = np.zeros(total + 2, np.uint64)
+    np.add.at(windows, word.reshape(-1), window.reshape(-1))
+    scratch = (windows >> 32).astype(np.uint32)
+    scratch[1:] |= windows[:-1].astype(np.uint32)
+
+    # Hand the words out in decoder order: group, then lane.
+    order = np.add(taken, lane_start - 1, dtype=np.int32)
+    words = scratch.take(np.compress(refill.reshape(-1), order.reshape(-1)))
     return words, _raw_plane(padded, groups, width), lengths
 
 

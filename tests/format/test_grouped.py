@@ -102,6 +102,21 @@ def test_jnp_and_numpy_tables_agree():
     np.testing.assert_array_equal(grouped.refill_below(lengths, np), [12, 16, 4])
 
 
+def test_the_encoders_canonical_codes_are_the_formats():
+    # grouped_encoder numbers codes by Kraft sums; the format defines them by counts per length.
+    from ecf8_jax.format.grouped_encoder import _canonical_codes
+
+    rng = np.random.default_rng(0)
+    for symbols in (16, 256):
+        for _ in range(40):
+            counts = rng.integers(0, 1000, symbols) * (rng.random(symbols) < 0.6)
+            counts[rng.integers(symbols)] += 1
+            lengths = code_lengths(counts, grouped.MAX_CODE_LEN)
+            np.testing.assert_array_equal(
+                _canonical_codes(lengths), grouped.canonical_codes(lengths, np)
+            )
+
+
 def test_incompressible_bytes_stay_below_8_02_bits():
     x = np.random.default_rng(3).integers(0, 256, 1 << 20, dtype=np.uint8).view(E4M3)
     t = _round_trip(x)
