@@ -11,6 +11,7 @@ for a platform it does not support fails in the lowering with Pallas' message.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Literal
 
@@ -53,6 +54,20 @@ def _run(implementation, args, bits, block_sizes, interpret, values=False):
     else:
         words = grouped_decode_reference(*args, bits=bits)
     return words_to_values(words, bits) if values else words
+
+
+@functools.partial(
+    jax.jit, static_argnames=("implementation", "bits", "block_sizes", "interpret", "values")
+)
+def _run_traced_once(*args, implementation, bits, block_sizes, interpret, values):
+    """``_run`` under ``jit``: its jaxpr is cached per (shapes, static arguments).
+
+    ``lax.platform_dependent`` traces every branch whatever the platform, so without this a
+    program decoding on a CPU traced the Mosaic TPU and Triton kernels again at every call (a
+    fifth of ``ecf8 demo``'s time on a CPU). Under ``jit`` each backend's kernel is traced once
+    per shape and process; its lowering still happens only for the platform lowered for.
+    """
+    return _run(implementation, args, bits, block_sizes, interpret, values)
 
 
 _native_warned = False
@@ -112,13 +127,27 @@ def decode(
     for platform, name in (("cuda", "pallas_gpu"), ("tpu", "pallas_tpu")):
         reason = shapes_supported(name, raw.shape)
         if reason is None:
-            branches[platform] = lambda *a, name=name: _run(
-                name, a, bits, block_sizes, False, values
+            branches[platform] = functools.partial(
+                _run_traced_once,
+                implementation=name,
+                bits=bits,
+                block_sizes=block_sizes,
+                interpret=False,
+                values=values,
             )
         else:
             warnings.warn(f"ECF8 decode on {platform} falls back to xla: {reason}", stacklevel=2)
+
+    def run(name):
+        return functools.partial(
+            _run_traced_once,
+            implementation=name,
+            bits=bits,
+            block_sizes=None,
+            interpret=False,
+            values=values,
+        )
+
     if _native_usable():
-        branches["cpu"] = lambda *a: _run("native_cpu", a, bits, None, False, values)
-    return lax.platform_dependent(
-        *args, default=lambda *a: _run("xla", a, bits, None, False, values), **branches
-    )
+        branches["cpu"] = run("native_cpu")
+    return lax.platform_dependent(*args, default=run("xla"), **branches)

@@ -42,7 +42,6 @@ def _ecf8_script() -> str:
 def run(*args, check=None) -> subprocess.CompletedProcess:
     """Runs the installed ``ecf8`` with the test suite's jax compilation cache."""
     env = dict(os.environ)
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     proc = subprocess.run(
         [_ecf8_script(), *map(str, args)], capture_output=True, text=True, env=env, timeout=120

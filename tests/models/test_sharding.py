@@ -14,7 +14,7 @@ import sys
 import textwrap
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-_CACHE_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(REPO_ROOT / ".cache" / "jax")
+_CACHE_DIR = os.environ["JAX_COMPILATION_CACHE_DIR"]  # set by tests/conftest.py
 
 PRELUDE = textwrap.dedent(
     """
